@@ -1,0 +1,165 @@
+"""Bookkeeping callbacks around the training loop: logs, validation loss, sample grids, checkpoints.
+
+The loop calls `bookkeeping.run_callbacks(step=..., loss=..., ...)` after every step; each
+callback decides whether it is its turn (`every`) and does one job. Keeping them out of
+`train()` keeps the training step short and readable.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Dict, List, Optional
+
+import torch
+
+from .checkpoint import save_checkpoint
+from .diffusion import DDIMSampler, add_noise, sample
+
+
+class Callback:
+    every: int = 1
+
+    def due(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def __call__(self, ctx: Dict) -> None:
+        raise NotImplementedError
+
+
+class Bookkeeping:
+    def __init__(self, callbacks: List[Callback]):
+        self.callbacks = callbacks
+        self.history: Dict[str, list] = {"step": [], "loss": [], "lr": [], "val_step": [], "val_loss": []}
+        self.interrupted = False  # set by train() when a signal stopped it
+
+    def run_callbacks(self, step: int, **ctx) -> None:
+        """Run each callback whose turn it is."""
+        ctx = {**ctx, "step": step, "history": self.history}
+        for cb in self.callbacks:
+            if cb.due(step):
+                cb(ctx)
+
+    def save_now(self, step: int, **ctx) -> None:
+        """Checkpoint now (used when training is interrupted), unless this step is already saved."""
+        ctx = {**ctx, "step": step, "history": self.history}
+        for cb in self.callbacks:
+            if isinstance(cb, CheckpointCallback) and cb.last_step != step:
+                cb(ctx)
+
+
+class LogCallback(Callback):
+    """Records loss and learning rate every step; prints (or posts to the progress bar) every `every`."""
+
+    def __init__(self, every: int, log_file: Optional[str] = None, printer=print):
+        self.every, self.log_file, self.printer = every, log_file, printer
+        self._t = self._step = self._start = None
+
+    def due(self, step):
+        return True  # record every step; print only every `every`
+
+    def __call__(self, ctx):
+        h, step = ctx["history"], ctx["step"]
+        if self._start is None:
+            self._start = (time.perf_counter(), step)
+        h["step"].append(step)
+        h["loss"].append(float(ctx["loss"]))
+        h["lr"].append(ctx["lr"])
+        if step % self.every and not ctx.get("final"):
+            return
+        now = time.perf_counter()
+        if self._t is None:  # first print: time from the first step this callback saw
+            self._t, self._step = self._start
+        ips = (step - self._step) * ctx["batch_size"] / max(now - self._t, 1e-9)
+        self._t, self._step = now, step
+        recent = h["loss"][-self.every:]
+        line = {"step": step, "loss": sum(recent) / len(recent), "lr": ctx["lr"], "images_per_s": round(ips, 1)}
+        if h["val_loss"]:
+            line["val_loss"] = h["val_loss"][-1]
+        if self.printer:
+            self.printer(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in line.items()))
+        if self.log_file:
+            os.makedirs(os.path.dirname(self.log_file) or ".", exist_ok=True)
+            with open(self.log_file, "a") as f:
+                f.write(json.dumps(line) + "\n")
+
+
+class ValidationCallback(Callback):
+    """Mean denoising loss on the validation set, with fixed t and noise so values compare across steps."""
+
+    def __init__(self, every: int, val_dataloader, noise_schedule, embed, max_batches: int = 8):
+        self.every, self.loader, self.schedule, self.embed, self.max_batches = \
+            every, val_dataloader, noise_schedule, embed, max_batches
+
+    @torch.no_grad()
+    def __call__(self, ctx):
+        model = ctx["ema_model"] or ctx["model"]
+        device = next(model.parameters()).device
+        g = torch.Generator().manual_seed(1234)  # its own RNG: validation never shifts the training noise
+        was_training, total, count = model.training, 0.0, 0
+        model.eval()
+        for i, (x0, meta) in enumerate(self.loader):
+            if i >= self.max_batches:
+                break
+            x0 = x0.to(device)
+            t = torch.randint(0, len(self.schedule["betas"]), (x0.shape[0],), generator=g).to(device)
+            eps = torch.randn(x0.shape, generator=g).to(device)
+            pred = model(add_noise(x0, eps, t, self.schedule), t, self.embed(meta["text"], device))
+            total += torch.nn.functional.mse_loss(pred, eps, reduction="sum").item() / eps[0].numel()
+            count += x0.shape[0]
+        model.train(was_training)
+        ctx["history"]["val_step"].append(ctx["step"])
+        ctx["history"]["val_loss"].append(total / max(count, 1))
+
+
+class SampleGridCallback(Callback):
+    """Writes a PNG grid of samples (prompts as titles) with the EMA model, same noise each time."""
+
+    def __init__(self, every: int, out_dir: str, prompts: List[str], embed, noise_schedule, config):
+        self.every, self.out_dir, self.prompts, self.embed = every, out_dir, prompts, embed
+        self.sampler = DDIMSampler(noise_schedule, config.clip_sample_range)
+        self.config = config
+        self.last_path = None
+
+    def __call__(self, ctx):
+        from .plotting import save_image_grid
+
+        model = ctx["ema_model"] or ctx["model"]
+        device = next(model.parameters()).device
+        r = self.config.resolution
+        g = torch.Generator().manual_seed(self.config.seed)
+        images = sample(model, self.embed(self.prompts, device), self.sampler, self.config.guidance_scale,
+                        self.config.num_inference_steps, shape=(len(self.prompts), 3, r, r), generator=g,
+                        progress=False)
+        self.last_path = os.path.join(self.out_dir, f"samples_step_{ctx['step']:06d}.png")
+        save_image_grid(images, self.last_path, titles=self.prompts,
+                        suptitle=f"step {ctx['step']}, guidance s={self.config.guidance_scale:g}")
+
+
+class CheckpointCallback(Callback):
+    def __init__(self, every: int, config, printer=print):
+        self.every, self.config, self.printer = every, config, printer
+        self.last_path = self.last_step = None
+
+    def __call__(self, ctx):
+        loss = float(ctx["loss"])
+        if not math.isfinite(loss):
+            return  # never overwrite a good checkpoint with a diverged model
+        self.last_path = save_checkpoint(self.config.checkpoint_dir, self.config, ctx["model"], ctx["ema_model"],
+                                         ctx["optimizer"], ctx["step"], loss,
+                                         extra={"history": ctx["history"]})
+        self.last_step = ctx["step"]
+
+
+def default_bookkeeping(config, val_dataloader, noise_schedule, embed, prompts: List[str],
+                        silent: bool = False, printer=print) -> Bookkeeping:
+    """The usual four callbacks, reading their intervals from the config. Checkpoint last, so it
+    records the validation loss of its own step."""
+    return Bookkeeping([
+        ValidationCallback(config.validate_every, val_dataloader, noise_schedule, embed),
+        LogCallback(config.log_every, os.path.join(config.checkpoint_dir, "log.jsonl"),
+                    printer=None if silent else printer),
+        SampleGridCallback(config.sample_every, config.checkpoint_dir, prompts, embed, noise_schedule, config),
+        CheckpointCallback(config.save_every, config),
+    ])

@@ -1,0 +1,155 @@
+"""`python -m lib_cfg train | sample | evaluate`.
+
+    python -m lib_cfg train --preset quick                     # the offline default (~10 min on 2 CPU cores)
+    python -m lib_cfg train --preset quick --batch_size 32     # any TrainingConfig field, spelled as the field
+    python -m lib_cfg train --resume checkpoints/quick         # continue an interrupted run
+    python -m lib_cfg sample --checkpoint checkpoints/quick --prompt "a red circle on a black background" \\
+        --scales 0 1 3 7.5 --out grid.png
+    python -m lib_cfg evaluate --checkpoint checkpoints/quick --scales 0 1 3 5 --json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import typing
+from dataclasses import fields
+
+from .config import PRESETS, TrainingConfig, field_names, get_preset
+
+DEFAULT_SCALES = [0.0, 1.0, 3.0, 5.0, 7.5]
+
+
+def _convert(name: str, value: str):
+    """A command-line string -> the type of TrainingConfig.<name>."""
+    kind = {f.name: f.type for f in fields(TrainingConfig)}[name]
+    kind = typing.get_type_hints(TrainingConfig)[name] if isinstance(kind, str) else kind
+    try:
+        if kind is int:
+            return int(value)
+        if kind is float:
+            return float(value)
+        if typing.get_origin(kind) is tuple:
+            return tuple(int(v) for v in value.replace("(", "").replace(")", "").split(",") if v.strip())
+        return value
+    except ValueError:
+        raise SystemExit(f"error: --{name} expects {getattr(kind, '__name__', kind)}, got {value!r}")
+
+
+def parse_overrides(rest):
+    """['--batch_size', '32', ...] -> {'batch_size': 32}; unknown names list the valid ones."""
+    overrides, i = {}, 0
+    while i < len(rest):
+        key = rest[i]
+        if not key.startswith("--"):
+            raise SystemExit(f"error: unexpected argument {key!r}")
+        name, _, value = key[2:].partition("=")
+        if name not in field_names():
+            raise SystemExit(f"error: unknown option --{name}. Config fields you can set: "
+                             + ", ".join(f"--{n}" for n in field_names()))
+        if not value:
+            if i + 1 >= len(rest):
+                raise SystemExit(f"error: --{name} needs a value")
+            value, i = rest[i + 1], i + 1
+        overrides[name] = _convert(name, value)
+        i += 1
+    return overrides
+
+
+def cmd_train(args, overrides):
+    from .train import run_training
+
+    if args.resume:  # the checkpoint's own config, with any fields given here (say a larger --max_steps)
+        from dataclasses import replace
+        from .checkpoint import load_config
+        config = replace(load_config(args.resume), **overrides)
+    else:
+        config = get_preset(args.preset, **overrides)
+    print(f"training preset={args.preset!r} on {config.device}; checkpoints -> {config.checkpoint_dir}")
+    os.makedirs(config.checkpoint_dir, exist_ok=True)
+    _, _, bookkeeping, _ = run_training(config, resume=args.resume)
+    if bookkeeping.interrupted:
+        return 130  # 128 + SIGINT: stopped by the user, progress saved
+    print(f"done: {config.checkpoint_dir}")
+    return 0
+
+
+def cmd_sample(args, overrides):
+    from .plotting import guidance_grid_figure
+    from .sampling import guidance_grid, load_pipeline
+
+    pipe = load_pipeline(args.checkpoint, args.device)
+    _warn_lesson(pipe.config)
+    prompts = args.prompt or _default_prompts(pipe.config)
+    images = guidance_grid(pipe, prompts, args.scales, args.steps, args.seed, args.sampler)
+    fig = guidance_grid_figure(images, prompts, args.scales,
+                               suptitle=f"{args.sampler.upper()} {args.steps} steps, seed {args.seed}")
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    fig.savefig(args.out, dpi=110)
+    print(f"wrote {args.out} ({len(prompts)} prompts x {len(args.scales)} guidance scales)")
+    return 0
+
+
+def cmd_evaluate(args, overrides):
+    from .config import SYNTHETIC_DATASET
+    from .evaluation import adherence_sweep, format_table
+    from .sampling import load_pipeline
+
+    pipe = load_pipeline(args.checkpoint, args.device)
+    if pipe.config.dataset != SYNTHETIC_DATASET:
+        raise SystemExit(f"error: the adherence judge knows the synthetic shapes only; this checkpoint was trained "
+                         f"on {pipe.config.dataset!r}. Use `sample` to look at its images instead.")
+    results = adherence_sweep(pipe.model, pipe.embed, args.scales, pipe.sampler(args.sampler), args.n_per_prompt,
+                              args.steps, args.seed, progress=not args.json)
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print(f"adherence of {args.checkpoint}: {args.n_per_prompt} samples per prompt x 18 prompts, "
+              f"{args.sampler.upper()} {args.steps} steps")
+        print(format_table(results))
+    return 0
+
+
+def _default_prompts(config):
+    from .train import sample_prompts
+    return sample_prompts(config, None) if config.dataset == "synthetic-shapes" else ["a photo of a cat"]
+
+
+def _warn_lesson(config):
+    if config.dataset == PRESETS["lesson"].dataset:
+        print("this is a `lesson` preset checkpoint (CLIP text encoder, AFHQ captions, 32x32)")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m lib_cfg", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a model (any TrainingConfig field: --NAME VALUE)")
+    t.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="named config (default: quick)")
+    t.add_argument("--resume", metavar="CHECKPOINT_DIR", help="continue from a checkpoint")
+    for name in ("sample", "evaluate"):
+        s = sub.add_parser(name)
+        s.add_argument("--checkpoint", required=True, metavar="CHECKPOINT_DIR")
+        s.add_argument("--scales", type=float, nargs="+", default=DEFAULT_SCALES, help="guidance scales s")
+        s.add_argument("--steps", type=int, default=50, help="sampling steps")
+        s.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--device", default=None, help="default: the checkpoint's config device")
+    sub.choices["sample"].add_argument("--prompt", action="append", help="a prompt (repeat for more rows)")
+    sub.choices["sample"].add_argument("--out", default="samples/guidance_grid.png")
+    sub.choices["evaluate"].add_argument("--n_per_prompt", type=int, default=6)
+    sub.choices["evaluate"].add_argument("--json", action="store_true", help="print {scale: {attr: acc}} as JSON")
+    return p
+
+
+def main(argv=None) -> int:
+    args, rest = build_parser().parse_known_args(argv)
+    overrides = parse_overrides(rest) if args.command == "train" else {}
+    if rest and args.command != "train":
+        raise SystemExit(f"error: unrecognized arguments: {' '.join(rest)}")
+    try:
+        return {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate}[args.command](args, overrides)
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

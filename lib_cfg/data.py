@@ -1,0 +1,123 @@
+"""`load_data(config)`: train and validation sets of (image [3 x H x W] in [-1, 1], {"text": caption, ...}).
+
+Three sources, chosen by `config.dataset`:
+- "synthetic-shapes": the project's own offline dataset (lib_cfg.synthetic);
+- a local folder in the `datasets` imagefolder layout: images plus metadata.jsonl / metadata.csv
+  with a `file_name` column and a caption column;
+- anything else is a Hugging Face Hub dataset id (the lesson's `reese-green/afhq64_captions_64k`),
+  or a folder written by `datasets.Dataset.save_to_disk`.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import SYNTHETIC_DATASET, TrainingConfig
+
+
+def to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
+    """Any PIL image (grayscale, RGBA, palette, any size) -> [3 x R x R] in [-1, 1].
+
+    Transparent pixels are composited on black; the image is centre-cropped to a square, then resized.
+    """
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.new("RGB", rgba.size, (0, 0, 0))
+        image.paste(rgba, mask=rgba.split()[-1])
+    image = image.convert("RGB")
+    w, h = image.size
+    side = min(w, h)
+    image = image.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
+    image = image.resize((resolution, resolution), Image.BICUBIC if side > resolution else Image.NEAREST)
+    x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return x.float() / 127.5 - 1.0
+
+
+class CaptionedImages(torch.utils.data.Dataset):
+    """Wraps a `datasets.Dataset` with an image column and a caption column."""
+
+    def __init__(self, hf_dataset, image_column: str, caption_column: str, resolution: int):
+        self.ds, self.image_column, self.caption_column, self.resolution = \
+            hf_dataset, image_column, caption_column, resolution
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        row = self.ds[int(i)]
+        image = row[self.image_column]
+        if not isinstance(image, Image.Image):
+            image = Image.open(image["path"]) if isinstance(image, dict) else Image.fromarray(np.asarray(image))
+        extra = {k: v for k, v in row.items() if k not in (self.image_column, self.caption_column)
+                 and isinstance(v, (int, float, str))}
+        return to_tensor(image, self.resolution), {**extra, "text": str(row[self.caption_column] or "")}
+
+
+def _check_columns(ds, config: TrainingConfig, where: str) -> None:
+    columns = list(ds.column_names)
+    for kind, name in (("caption", config.caption_column), ("image", config.image_column)):
+        if name not in columns:
+            flag = f"--{kind}_column"
+            raise ValueError(f"{where} has no {kind} column {name!r}; its columns are {columns}. "
+                             f"Pick one with {flag} NAME (TrainingConfig.{kind}_column).")
+
+
+def _load_hf(config: TrainingConfig):
+    """A `datasets.Dataset` for config.dataset, and words saying where it came from."""
+    import datasets
+
+    path = config.dataset
+    if os.path.isdir(path):
+        if any(os.path.exists(os.path.join(path, f)) for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
+            ds = datasets.load_from_disk(path)  # written by Dataset.save_to_disk
+            return (ds["train"] if isinstance(ds, datasets.DatasetDict) else ds), f"the saved dataset {path}"
+        if any(os.path.exists(os.path.join(path, m)) for m in ("metadata.jsonl", "metadata.csv")):
+            return datasets.load_dataset("imagefolder", data_dir=path, split="train"), f"the image folder {path}"
+        # A local copy of a hub dataset repository (parquet/arrow files): the same loader as the hub.
+        return datasets.load_dataset(path, split="train"), f"the dataset folder {path}"
+    if path.startswith((".", "/", "~")) or path.count("/") > 1:
+        raise FileNotFoundError(f"dataset folder {path!r} does not exist (and it is not a hub id 'owner/name')")
+    try:
+        return datasets.load_dataset(path, split="train"), f"the hub dataset {path}"
+    except Exception as e:  # datasets raises several types for "not found" and "offline"
+        raise RuntimeError(
+            f"could not load the dataset {path!r} from the Hugging Face Hub ({type(e).__name__}: {e}). "
+            f"Check the name and your network, or work offline with --dataset {SYNTHETIC_DATASET} "
+            f"or a local image folder (images + metadata.jsonl).") from e
+
+
+def load_data(config: TrainingConfig, verbose: bool = True) -> Tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
+    """(train_ds, val_ds) for `config.dataset`; the split is deterministic from config.seed."""
+    if config.dataset == SYNTHETIC_DATASET:
+        from .synthetic import load_synthetic
+        full = load_synthetic(config.synthetic_size, config.resolution, config.seed, config.data_dir, verbose)
+    else:
+        ds, where = _load_hf(config)
+        _check_columns(ds, config, where)
+        full = CaptionedImages(ds, config.image_column, config.caption_column, config.resolution)
+    n = len(full)
+    if n < 2:
+        raise ValueError(f"the dataset {config.dataset!r} has {n} item(s); training needs at least 2")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
+    n_val = max(1, int(round(n * config.val_fraction)))
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    if hasattr(full, "subset"):
+        return full.subset(train_idx), full.subset(val_idx)
+    return torch.utils.data.Subset(full, train_idx.tolist()), torch.utils.data.Subset(full, val_idx.tolist())
+
+
+def all_captions(dataset) -> list:
+    """Every caption of a dataset, read without decoding images where possible."""
+    if hasattr(dataset, "captions"):
+        return list(dataset.captions)
+    if isinstance(dataset, torch.utils.data.Subset) and isinstance(dataset.dataset, CaptionedImages):
+        inner = dataset.dataset
+        column = inner.ds[inner.caption_column]
+        return [str(column[i] or "") for i in dataset.indices]
+    warnings.warn("reading captions by iterating the dataset (slow)")
+    return [dataset[i][1]["text"] for i in range(len(dataset))]

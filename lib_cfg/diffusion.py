@@ -1,0 +1,167 @@
+"""Diffusion math, written out by hand: the noise schedule, the forward process, DDPM and
+DDIM reverse steps, and classifier-free guided sampling.
+
+Nothing here wraps the model: functions take it as an argument. Names follow diffusers
+(`add_noise`, `set_timesteps`, `step`, `alphas_cumprod`) so a learner can carry them over;
+`tests/test_diffusion.py` checks each step against diffusers' schedulers to 1e-5.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+
+def create_noise_schedule(n_T: int = 1000, device: str = "cpu", beta_start: float = 1e-4,
+                          beta_end: float = 0.02) -> Dict[str, torch.Tensor]:
+    """Linear betas from beta_start to beta_end over n_T steps, and what follows from them. Each is [n_T]."""
+    betas = torch.linspace(beta_start, beta_end, n_T, dtype=torch.float32)
+    alphas = 1.0 - betas
+    alphas_cumprod = torch.cumprod(alphas, dim=0)  # alpha-bar_t: how much signal is left at step t
+    schedule = {
+        "betas": betas,
+        "alphas": alphas,
+        "alphas_cumprod": alphas_cumprod,
+        "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
+        "sqrt_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).sqrt(),
+    }
+    return {k: v.to(device) for k, v in schedule.items()}
+
+
+def _at(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """values[t] shaped [N x 1 x 1 x 1] to broadcast against x [N x C x H x W]."""
+    return values.to(x.device)[t].to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def add_noise(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, noise_schedule: Dict) -> torch.Tensor:
+    """q(x_t | x_0): x_t = sqrt(alpha-bar_t) x0 + sqrt(1 - alpha-bar_t) eps. All [N x C x H x W], t: [N]."""
+    return (_at(noise_schedule["sqrt_alphas_cumprod"], t, x0) * x0
+            + _at(noise_schedule["sqrt_one_minus_alphas_cumprod"], t, x0) * eps)
+
+
+def forward_diffusion(x0: torch.Tensor, t: torch.Tensor, noise_schedule: Dict, noise: Optional[torch.Tensor] = None):
+    """The lesson's name for the forward process: returns (x_t, noise)."""
+    if noise is None:
+        noise = torch.randn_like(x0)
+    return add_noise(x0, noise, t, noise_schedule), noise
+
+
+class DDPMSampler:
+    """Ancestral sampling (Ho et al. 2020), the posterior q(x_{t-1} | x_t, x0) with x0 predicted from eps.
+
+    With `set_timesteps(k)` for k < T it skips steps (the respacing diffusers also does), using the
+    alpha-bar of the previous visited timestep.
+    """
+
+    def __init__(self, noise_schedule: Dict, clip_sample_range: float = 1.0):
+        self.schedule = noise_schedule
+        self.clip_sample_range = clip_sample_range
+        self.num_train_timesteps = len(noise_schedule["betas"])
+        self.set_timesteps(self.num_train_timesteps)
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        """Timesteps visited, from noisiest to cleanest (spaced as diffusers' 'leading' spacing)."""
+        if not 0 < num_inference_steps <= self.num_train_timesteps:
+            raise ValueError(f"num_inference_steps must be in [1, {self.num_train_timesteps}], got {num_inference_steps}")
+        ratio = self.num_train_timesteps // num_inference_steps
+        self.num_inference_steps = num_inference_steps
+        self.timesteps = (torch.arange(num_inference_steps) * ratio).flip(0)
+        self.step_ratio = ratio
+
+    def _alpha_bars(self, t: int, x: torch.Tensor):
+        ac = self.schedule["alphas_cumprod"]
+        prev = t - self.step_ratio
+        a_t = ac[t].to(x.device, x.dtype)
+        a_prev = ac[prev].to(x.device, x.dtype) if prev >= 0 else torch.ones((), device=x.device, dtype=x.dtype)
+        return a_t, a_prev
+
+    def predict_x0(self, eps: torch.Tensor, t: int, x_t: torch.Tensor) -> torch.Tensor:
+        a_t = self.schedule["alphas_cumprod"][t].to(x_t.device, x_t.dtype)
+        x0 = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        return x0.clamp(-self.clip_sample_range, self.clip_sample_range) if self.clip_sample_range else x0
+
+    def step(self, eps: torch.Tensor, t: int, x_t: torch.Tensor, generator: Optional[torch.Generator] = None,
+             noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x_t [N x C x H x W] and the predicted eps at integer timestep t -> x_{t-1} (one visited step back)."""
+        a_t, a_prev = self._alpha_bars(t, x_t)
+        beta_t = 1 - a_t / a_prev  # the effective beta between the two visited steps
+        x0 = self.predict_x0(eps, t, x_t)
+        # Posterior mean: a weighted mix of the predicted x0 and the current x_t.
+        mean = (a_prev.sqrt() * beta_t / (1 - a_t)) * x0 + ((1 - beta_t).sqrt() * (1 - a_prev) / (1 - a_t)) * x_t
+        if t - self.step_ratio < 0:
+            return mean  # the last step adds no noise
+        variance = (1 - a_prev) / (1 - a_t) * beta_t
+        variance = variance.clamp(min=1e-20)
+        if noise is None:
+            noise = randn(x_t.shape, generator, x_t.device).to(x_t.dtype)
+        return mean + variance.sqrt() * noise
+
+
+class DDIMSampler(DDPMSampler):
+    """Deterministic DDIM (Song et al. 2021, eta = 0): any number of steps, no noise added."""
+
+    def step(self, eps: torch.Tensor, t: int, x_t: torch.Tensor, generator: Optional[torch.Generator] = None,
+             noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        a_t, a_prev = self._alpha_bars(t, x_t)
+        x0 = self.predict_x0(eps, t, x_t)
+        if self.clip_sample_range:
+            # Re-derive eps from the clipped x0 so the step stays consistent (as diffusers does).
+            eps = (x_t - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+        return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+
+
+def guided_eps(model, x_t: torch.Tensor, t: torch.Tensor, text_embeddings: Optional[torch.Tensor],
+               guidance_scale: float) -> torch.Tensor:
+    """Classifier-free guidance: eps = eps_uncond + s * (eps_cond - eps_uncond).
+
+    x_t: [N x C x H x W], t: [N], text_embeddings: [N x D] (None: unconditional).
+    Both predictions come from one batched forward pass of 2N rows. s = 0 and s = 1 need only
+    one of them, so we run only that one: s = 0 is then exactly the unconditional model and
+    s = 1 exactly the conditional one.
+    """
+    if text_embeddings is None or guidance_scale == 0:
+        return model(x_t, t, text_embeddings, uncond_mask=_mask(x_t, True)) if text_embeddings is not None \
+            else model(x_t, t, None)
+    if guidance_scale == 1:
+        return model(x_t, t, text_embeddings)
+    n = x_t.shape[0]
+    uncond_mask = torch.cat([_mask(x_t, True), _mask(x_t, False)])
+    eps = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([text_embeddings, text_embeddings]),
+                uncond_mask=uncond_mask)
+    eps_uncond, eps_cond = eps[:n], eps[n:]
+    return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+
+def randn(shape, generator: Optional[torch.Generator], device) -> torch.Tensor:
+    """Gaussian noise drawn on the generator's device (so a CPU seed gives the same images anywhere)."""
+    where = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=where).to(device)
+
+
+def _mask(x: torch.Tensor, value: bool) -> torch.Tensor:
+    return torch.full((x.shape[0],), value, dtype=torch.bool, device=x.device)
+
+
+@torch.inference_mode()
+def sample(model, text_embeddings: Optional[torch.Tensor], sampler: DDPMSampler, guidance_scale: float = 3.0,
+           num_inference_steps: int = 50, shape=None, generator: Optional[torch.Generator] = None,
+           x_T: Optional[torch.Tensor] = None, progress: bool = True) -> torch.Tensor:
+    """Generate images from noise with classifier-free guidance.
+
+    text_embeddings: [N x D] (None: unconditional; then give `shape`). shape: (N, C, H, W).
+    x_T: optional starting noise [N x C x H x W]. Returns x0 [N x C x H x W] in [-1, 1].
+    """
+    device = next(model.parameters()).device
+    if x_T is None:
+        x_T = randn(shape, generator, device)
+    x_t = x_T.to(device)
+    was_training = model.training
+    model.eval()
+    sampler.set_timesteps(num_inference_steps)
+    for t in tqdm(sampler.timesteps.tolist(), desc="sampling", disable=not progress, leave=False):
+        t_batch = torch.full((x_t.shape[0],), t, device=device, dtype=torch.long)
+        eps = guided_eps(model, x_t, t_batch, text_embeddings, guidance_scale)
+        x_t = sampler.step(eps, t, x_t, generator=generator)
+    model.train(was_training)
+    return x_t.clamp(-1, 1)

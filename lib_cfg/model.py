@@ -1,0 +1,194 @@
+"""The denoiser: a guided-diffusion style UNet with text conditioning by linear modulation.
+
+The text embedding is projected (`text_proj`) and *added to the time embedding*; every
+ResBlock then sees `emb` (time + text) and uses it to scale and shift its normalised
+features. A learnable `null_text_embed` stands for "no caption": in training it replaces a
+caption with probability `p_uncond` (classifier-free guidance dropout), and at sampling time
+it is asked for explicitly with `uncond_mask` (or `text_embeddings=None`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps. t: [N] -> [N x dim]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(32, channels), channels)  # 32 groups where the channels allow
+
+
+def zero_init(module: nn.Module) -> nn.Module:
+    # Output layers start at zero so every residual block starts as the identity.
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """Two 3x3 convs; `emb` [N x E] scales and shifts the second GroupNorm (FiLM)."""
+
+    def __init__(self, channels: int, emb_channels: int, out_channels: int, dropout: float = 0.0):
+        super().__init__()
+        self.in_layers = nn.Sequential(norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels))
+        self.out_norm = norm(out_channels)
+        self.out_layers = nn.Sequential(nn.SiLU(), nn.Dropout(dropout),
+                                        zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1)))
+        self.skip = nn.Identity() if channels == out_channels else nn.Conv2d(channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.in_layers(x)
+        scale, shift = self.emb_layers(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.out_norm(h) * (1 + scale) + shift
+        return self.skip(x) + self.out_layers(h)
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over the H*W positions of a [N x C x H x W] feature map."""
+
+    def __init__(self, channels: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj_out = zero_init(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor, emb: Optional[torch.Tensor] = None) -> torch.Tensor:
+        n, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(n, 3, self.num_heads, c // self.num_heads, h * w).unbind(1)
+        # [N x heads x HW x C/heads]; SDPA picks the fastest kernel for the device.
+        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        return x + self.proj_out(out.transpose(-1, -2).reshape(n, c, h, w))
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x, emb=None):
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x, emb=None):
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class EmbedSequential(nn.Sequential):
+    """A sequence of layers that all receive `emb` (those that ignore it take it anyway)."""
+
+    def forward(self, x, emb):
+        for layer in self:
+            x = layer(x, emb) if isinstance(layer, (ResBlock, AttentionBlock, Downsample, Upsample)) else layer(x)
+        return x
+
+
+class UNetModel(nn.Module):
+    def __init__(self, in_channels: int = 3, model_channels: int = 64, out_channels: int = 3,
+                 num_res_blocks: int = 2, attention_resolutions=(4,), channel_mult=(1, 2, 2),
+                 num_heads: int = 4, dropout: float = 0.0, text_embed_dim: int = 384):
+        super().__init__()
+        self.model_channels = model_channels
+        self.text_embed_dim = text_embed_dim
+        time_embed_dim = 4 * model_channels
+        self.time_embed = nn.Sequential(nn.Linear(model_channels, time_embed_dim), nn.SiLU(),
+                                        nn.Linear(time_embed_dim, time_embed_dim))
+        # The lesson's linear modulation: text -> the same space as the time embedding, then added.
+        self.text_proj = nn.Sequential(nn.Linear(text_embed_dim, time_embed_dim), nn.SiLU(),
+                                       nn.Linear(time_embed_dim, time_embed_dim))
+        # "No caption" is a learned vector, so the model learns what unconditional means.
+        self.null_text_embed = nn.Parameter(torch.randn(1, text_embed_dim) * 0.02)
+
+        self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(in_channels, model_channels, 3, padding=1))])
+        skip_channels, ch, ds = [model_channels], model_channels, 1
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                layers = [ResBlock(ch, time_embed_dim, mult * model_channels, dropout)]
+                ch = mult * model_channels
+                if ds in attention_resolutions:
+                    layers.append(AttentionBlock(ch, num_heads))
+                self.input_blocks.append(EmbedSequential(*layers))
+                skip_channels.append(ch)
+            if level != len(channel_mult) - 1:
+                self.input_blocks.append(EmbedSequential(Downsample(ch)))
+                skip_channels.append(ch)
+                ds *= 2
+        self.middle_block = EmbedSequential(ResBlock(ch, time_embed_dim, ch, dropout), AttentionBlock(ch, num_heads),
+                                            ResBlock(ch, time_embed_dim, ch, dropout))
+        self.output_blocks = nn.ModuleList()
+        for level, mult in list(enumerate(channel_mult))[::-1]:
+            for i in range(num_res_blocks + 1):
+                layers = [ResBlock(ch + skip_channels.pop(), time_embed_dim, mult * model_channels, dropout)]
+                ch = mult * model_channels
+                if ds in attention_resolutions:
+                    layers.append(AttentionBlock(ch, num_heads))
+                if level and i == num_res_blocks:
+                    layers.append(Upsample(ch))
+                    ds //= 2
+                self.output_blocks.append(EmbedSequential(*layers))
+        self.out = nn.Sequential(norm(ch), nn.SiLU(), zero_init(nn.Conv2d(ch, out_channels, 3, padding=1)))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, text_embeddings: Optional[torch.Tensor] = None,
+                p_uncond: float = 0.0, uncond_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Predict the noise in `x`.
+
+        x: [N x C x H x W] noisy images x_t; t: [N] integer timesteps;
+        text_embeddings: [N x D] caption embeddings, or None for all-null (unconditional);
+        p_uncond: in training mode, each row is replaced by the null embedding with this probability;
+        uncond_mask: [N] bool, rows to replace by the null embedding (any mode; used by CFG sampling).
+        Returns eps: [N x C x H x W].
+        """
+        n = x.shape[0]
+        null = self.null_text_embed.to(x.dtype).expand(n, -1)
+        if text_embeddings is None:
+            text_embeddings = null
+        else:
+            drop = torch.zeros(n, dtype=torch.bool, device=x.device) if uncond_mask is None else uncond_mask
+            if self.training and p_uncond > 0:
+                drop = drop | (torch.rand(n, device=x.device) < p_uncond)
+            # torch.where builds a new tensor: the caller's embeddings are never modified.
+            text_embeddings = torch.where(drop[:, None], null, text_embeddings.to(x.dtype))
+        emb = self.time_embed(timestep_embedding(t, self.model_channels).to(x.dtype))
+        emb = emb + self.text_proj(text_embeddings)  # add the text embedding to the time embedding
+
+        hs, h = [], x
+        for module in self.input_blocks:
+            h = module(h, emb)
+            hs.append(h)
+        h = self.middle_block(h, emb)
+        for module in self.output_blocks:
+            h = module(torch.cat([h, hs.pop()], dim=1), emb)
+        return self.out(h)
+
+
+def create_unet_model(config, device: Optional[str] = None, text_embed_dim: int = 384,
+                      verbose: bool = True) -> UNetModel:
+    """The UNet described by `config` on `device` (default: the config's, resolved)."""
+    from .config import resolve_device
+
+    model = UNetModel(model_channels=config.model_channels, num_res_blocks=config.num_res_blocks,
+                      attention_resolutions=config.attention_resolutions, channel_mult=config.channel_mult,
+                      num_heads=config.num_heads, dropout=config.dropout, text_embed_dim=text_embed_dim)
+    if verbose:
+        print(f"model params: {count_parameters(model) / 1e6:.2f} M")
+    return model.to(resolve_device(device or config.device))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

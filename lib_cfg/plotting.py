@@ -1,0 +1,88 @@
+"""Figures: image grids with titles, guidance-scale grids, loss curves."""
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Sequence
+
+import torch
+
+
+def _figure():
+    import matplotlib
+
+    if os.environ.get("MPLBACKEND") is None and "ipykernel" not in __import__("sys").modules:
+        matplotlib.use("Agg")  # scripts and CI have no display
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def to_numpy_images(images: torch.Tensor):
+    """[N x 3 x H x W] in [-1, 1] -> [N x H x W x 3] floats in [0, 1]."""
+    return ((images.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+
+
+def image_grid_figure(images: torch.Tensor, titles: Optional[Sequence[str]] = None, ncols: Optional[int] = None,
+                      suptitle: Optional[str] = None, row_labels: Optional[Sequence[str]] = None,
+                      col_labels: Optional[Sequence[str]] = None, cell: float = 1.3):
+    """A matplotlib figure of images laid out in a grid, each with an optional (wrapped) title."""
+    import textwrap
+
+    plt = _figure()
+    arr = to_numpy_images(images)
+    n = len(arr)
+    ncols = ncols or min(n, 8)
+    nrows = (n + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(cell * ncols + (1.2 if row_labels else 0), cell * nrows + 0.4),
+                             squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([]), ax.set_yticks([])
+        for side in ax.spines.values():
+            side.set_visible(False)
+        if i >= n:
+            ax.axis("off")
+            continue
+        ax.imshow(arr[i], interpolation="nearest")
+        if titles is not None:
+            ax.set_title("\n".join(textwrap.wrap(titles[i], 18)), fontsize=7)
+    if row_labels:
+        for r, label in enumerate(row_labels):
+            axes[r, 0].set_ylabel("\n".join(textwrap.wrap(label, 16)), fontsize=7, rotation=0, ha="right", va="center")
+    if col_labels:
+        for c, label in enumerate(col_labels):
+            axes[0, c].set_title(label, fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_image_grid(images: torch.Tensor, path: str, dpi: int = 100, **kwargs) -> str:
+    plt = _figure()
+    fig = image_grid_figure(images, **kwargs)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def guidance_grid_figure(images: torch.Tensor, prompts: List[str], scales: Sequence[float], suptitle: str = None):
+    """images: [P*S x 3 x H x W] ordered prompt-major (all scales of prompt 0 first)."""
+    return image_grid_figure(images, ncols=len(scales), row_labels=prompts,
+                             col_labels=[f"s = {s:g}" for s in scales], suptitle=suptitle)
+
+
+def loss_curve_figure(history, smooth: int = 50):
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    loss = torch.tensor(history["loss"])
+    ax.plot(history["step"], loss.numpy(), alpha=0.25, lw=0.8, label="train loss (per step)")
+    if len(loss) >= smooth:
+        k = torch.ones(smooth) / smooth
+        sm = torch.nn.functional.conv1d(loss[None, None], k[None, None]).flatten()
+        ax.plot(history["step"][smooth - 1:], sm.numpy(), lw=1.5, label=f"train loss ({smooth}-step mean)")
+    if history.get("val_loss"):
+        ax.plot(history["val_step"], history["val_loss"], "o-", lw=1.5, label="validation loss")
+    ax.set_xlabel("step"), ax.set_ylabel("MSE on eps"), ax.set_yscale("log")
+    ax.legend(fontsize=8), ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,66 @@
+"""Sampling from a trained checkpoint: load it with its text encoder, draw guidance-scale grids."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import torch
+
+from .config import TrainingConfig, resolve_device
+from .diffusion import DDIMSampler, DDPMSampler, create_noise_schedule, randn, sample
+
+
+@dataclass
+class Pipeline:
+    """What sampling needs, loaded from one checkpoint."""
+    model: torch.nn.Module
+    config: TrainingConfig
+    embed: object  # captions [N] -> [N x D] (EmbeddingCache)
+    noise_schedule: dict
+
+    def sampler(self, kind: str = "ddim"):
+        if kind not in ("ddim", "ddpm"):
+            raise ValueError(f"unknown sampler {kind!r}; choose 'ddim' or 'ddpm'")
+        cls = DDIMSampler if kind == "ddim" else DDPMSampler
+        return cls(self.noise_schedule, self.config.clip_sample_range)
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def __call__(self, prompts: Sequence[str], guidance_scale: float = 3.0, num_inference_steps: int = 50,
+                 seed: int = 0, sampler: str = "ddim", progress: bool = False) -> torch.Tensor:
+        """Images [N x 3 x H x W] in [-1, 1] for N prompts. A prompt of None means unconditional (null)."""
+        r = self.config.resolution
+        g = torch.Generator().manual_seed(seed)
+        x_T = randn((len(prompts), 3, r, r), g, self.device)
+        if all(p is None for p in prompts):
+            cond = None
+        else:
+            cond = self.embed([p or "" for p in prompts], self.device)
+            null = [p is None for p in prompts]
+            if any(null):  # rows asked as "no prompt" get the null embedding exactly
+                cond = torch.where(torch.tensor(null, device=self.device)[:, None],
+                                   self.model.null_text_embed.expand_as(cond), cond)
+        return sample(self.model, cond, self.sampler(sampler), guidance_scale, num_inference_steps,
+                      x_T=x_T, generator=g, progress=progress)
+
+
+def load_pipeline(checkpoint: str, device: Optional[str] = None, ema: bool = True) -> Pipeline:
+    from .checkpoint import load_model
+    from .text_encoder import EmbeddingCache, TextEncoder
+
+    model, config = load_model(checkpoint, device, ema)
+    device = str(next(model.parameters()).device)
+    embed = EmbeddingCache(TextEncoder(config.text_encoder, device),
+                           EmbeddingCache.default_path(config.data_dir, config.text_encoder))
+    schedule = create_noise_schedule(config.num_denoising_steps, device, config.beta_start, config.beta_end)
+    return Pipeline(model, config, embed, schedule)
+
+
+def guidance_grid(pipe: Pipeline, prompts: List[str], scales: Sequence[float], num_inference_steps: int = 50,
+                  seed: int = 0, sampler: str = "ddim") -> torch.Tensor:
+    """[len(prompts) * len(scales) x 3 x H x W], prompt-major. Each prompt keeps its starting noise across
+    scales, so a row shows what guidance alone changes."""
+    per_scale = [pipe(prompts, s, num_inference_steps, seed=seed, sampler=sampler) for s in scales]  # [P x 3 x H x W] each
+    return torch.stack(per_scale, dim=1).flatten(0, 1)

