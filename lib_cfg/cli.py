@@ -66,6 +66,10 @@ def cmd_train(args, overrides):
         config = replace(load_config(args.resume), **overrides)
     else:
         config = get_preset(args.preset, **overrides)
+    if not args.resume and not args.overwrite and os.path.exists(os.path.join(config.checkpoint_dir, "latest")):
+        raise SystemExit(f"error: {config.checkpoint_dir} already holds a checkpoint. Continue it with "
+                         f"--resume {config.checkpoint_dir}, or start over with --overwrite "
+                         f"(or choose another --checkpoint_dir)")
     print(f"training preset={args.preset!r} on {config.device}; checkpoints -> {config.checkpoint_dir}")
     os.makedirs(config.checkpoint_dir, exist_ok=True)
     _, _, bookkeeping, _ = run_training(config, resume=args.resume)
@@ -128,6 +132,7 @@ def build_parser():
     t = sub.add_parser("train", help="train a model (any TrainingConfig field: --NAME VALUE)")
     t.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="named config (default: quick)")
     t.add_argument("--resume", metavar="CHECKPOINT_DIR", help="continue from a checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="start over even if checkpoint_dir has a checkpoint")
     for name in ("sample", "evaluate"):
         s = sub.add_parser(name)
         s.add_argument("--checkpoint", required=True, metavar="CHECKPOINT_DIR")

@@ -25,7 +25,11 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: int = 10000) -> to
 
 
 def norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(32, channels), channels)  # 32 groups where the channels allow
+    # Up to 32 groups of at least 4 channels (groups of 1 channel normalise away too much), dividing evenly.
+    groups = min(32, max(1, channels // 4))
+    while channels % groups:
+        groups -= 1
+    return nn.GroupNorm(groups, channels)
 
 
 def zero_init(module: nn.Module) -> nn.Module:

@@ -221,8 +221,7 @@ def sample_prompts(config: TrainingConfig, val_ds):
     from .data import all_captions
 
     if config.dataset == SYNTHETIC_DATASET:
-        from .synthetic import all_prompts
-        prompts = [p for p, _ in all_prompts()]
-        step = max(1, len(prompts) // config.n_samples)
-        return prompts[::step][:config.n_samples]
+        from .synthetic import COLORS, SHAPES, caption
+        colors = list(COLORS)  # cycle both attributes, so 6 prompts already show every colour and shape
+        return [caption(colors[i % len(colors)], SHAPES[i % len(SHAPES)]) for i in range(config.n_samples)]
     return all_captions(val_ds)[:config.n_samples]

@@ -1,0 +1,88 @@
+"""TrainingConfig validation, presets, and the command line."""
+import json
+import os
+
+import pytest
+
+from lib_cfg.cli import main, parse_overrides
+from lib_cfg.config import PRESETS, TrainingConfig, get_preset, resolve_device
+
+
+def test_presets():
+    lesson = PRESETS["lesson"]
+    assert (lesson.dataset, lesson.caption_column, lesson.text_encoder) == \
+        ("reese-green/afhq64_captions_64k", "caption_blip2-opt-2.7b", "openai/clip-vit-large-patch14")
+    assert (lesson.resolution, lesson.batch_size, lesson.max_steps, lesson.device) == (32, 16, 20000, "cuda")
+    assert PRESETS["quick"].dataset == "synthetic-shapes" and PRESETS["quick"].text_encoder == "all-MiniLM-L6-v2"
+    assert PRESETS["ci"].max_steps < PRESETS["quick"].max_steps
+    assert get_preset("quick", batch_size=32).batch_size == 32
+
+
+def test_config_json_round_trip():
+    c = get_preset("lesson")
+    assert TrainingConfig.from_dict(json.loads(c.to_json())) == c
+
+
+@pytest.mark.parametrize("field, value", [("max_steps", -5), ("text_drop_prob", 1.5), ("text_drop_prob", -0.1),
+                                          ("resolution", 18), ("guidance_scale", float("nan")),
+                                          ("batch_size", 0), ("learning_rate", 0.0)])
+def test_bad_values_are_rejected_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=f"TrainingConfig.{field}="):
+        get_preset("quick", **{field: value})
+
+
+def test_unknown_preset_and_field_list_the_valid_ones():
+    with pytest.raises(ValueError, match=r"valid presets: \['ci', 'lesson', 'quick'\]"):
+        get_preset("fast")
+    with pytest.raises(ValueError, match="valid fields:.*batch_size"):
+        get_preset("quick", batchsize=3)
+
+
+def test_device_auto_falls_back_to_cpu():
+    import torch
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") in ("cpu", "mps")
+
+
+def test_override_parsing_uses_field_types():
+    o = parse_overrides(["--batch_size", "32", "--learning_rate=3e-4", "--channel_mult", "1,2,4",
+                         "--dataset", "my/data"])
+    assert o == {"batch_size": 32, "learning_rate": 3e-4, "channel_mult": (1, 2, 4), "dataset": "my/data"}
+    with pytest.raises(SystemExit, match="unknown option --batchsize.*--batch_size"):
+        parse_overrides(["--batchsize", "32"])
+    with pytest.raises(SystemExit, match="expects int"):
+        parse_overrides(["--batch_size", "many"])
+
+
+def test_cli_rejects_bad_values_with_the_field_named(capsys):
+    assert main(["train", "--preset", "ci", "--text_drop_prob", "2"]) == 2
+    assert "TrainingConfig.text_drop_prob=2.0" in capsys.readouterr().err
+
+
+def test_cli_refuses_to_overwrite_a_checkpoint(ci_run):
+    _, _, ckpt = ci_run
+    with pytest.raises(SystemExit, match="already holds a checkpoint.*--resume"):
+        main(["train", "--preset", "ci", "--checkpoint_dir", ckpt])
+
+
+def test_cli_sample_writes_a_grid(ci_run, tmp_path, capsys):
+    _, _, ckpt = ci_run
+    out = str(tmp_path / "grid.png")
+    assert main(["sample", "--checkpoint", ckpt, "--prompt", "a red circle on a black background",
+                 "--prompt", "a blue square on a black background", "--scales", "0", "3", "--steps", "5",
+                 "--out", out]) == 0
+    assert os.path.getsize(out) > 1000 and "2 prompts x 2 guidance scales" in capsys.readouterr().out
+
+
+def test_cli_evaluate_json(ci_run, capsys):
+    _, _, ckpt = ci_run
+    assert main(["evaluate", "--checkpoint", ckpt, "--scales", "0", "3", "--steps", "5", "--n_per_prompt", "1",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result) == {"0", "3"} and set(result["3"]) == {"color", "shape", "all"}
+    assert all(0 <= v <= 1 for acc in result.values() for v in acc.values())
+
+
+def test_cli_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    assert main(["sample", "--checkpoint", str(tmp_path / "nothing")]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
