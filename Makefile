@@ -6,12 +6,13 @@ PY := .venv/bin/python
 CKPT := checkpoints/quick
 SCALES := 0 1 3 5 7.5
 
-.PHONY: run train grid evaluate test clean-generated
+.PHONY: run train grid evaluate test notebooks clean-generated
 
 .venv/.installed: requirements.txt
 	python3 -m venv .venv
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps -e .
 	touch $@
 
 run: .venv/.installed train grid evaluate
@@ -27,8 +28,17 @@ grid: .venv/.installed
 evaluate: .venv/.installed
 	$(PY) -m lib_cfg evaluate --checkpoint $(CKPT) --scales $(SCALES) --n_per_prompt 6
 
+# The unit tests, then every notebook from a fresh kernel on the short `ci` preset (nbval).
 test: .venv/.installed
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q tests
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 LIB_CFG_PRESET=ci \
+		$(PY) -m pytest -q -p no:cacheprovider tests notebooks --nbval-lax --nbval-cell-timeout=600 --durations=10
+
+# Rebuild the notebooks from tools/build_notebooks.py and store them executed on the `quick` preset.
+notebooks: .venv/.installed
+	$(PY) tools/build_notebooks.py
+	for nb in notebooks/0*.ipynb; do \
+		HF_HUB_OFFLINE=1 LIB_CFG_PRESET=quick $(PY) -m jupyter nbconvert --to notebook --execute --inplace \
+			--ExecutePreprocessor.timeout=1800 "$$nb" || exit 1; done
 
 clean-generated:
 	rm -rf data/synthetic-* data/text_cache checkpoints/quick checkpoints/ci samples

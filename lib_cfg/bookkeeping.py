@@ -13,6 +13,7 @@ import time
 from typing import Dict, List, Optional
 
 import torch
+from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint
 from .diffusion import DDIMSampler, add_noise, sample
@@ -20,6 +21,7 @@ from .diffusion import DDIMSampler, add_noise, sample
 
 class Callback:
     every: int = 1
+    at_end: bool = True  # also run after the last step, so the end of a run is always saved and shown
 
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
@@ -34,11 +36,11 @@ class Bookkeeping:
         self.history: Dict[str, list] = {"step": [], "loss": [], "lr": [], "val_step": [], "val_loss": []}
         self.interrupted = False  # set by train() when a signal stopped it
 
-    def run_callbacks(self, step: int, **ctx) -> None:
-        """Run each callback whose turn it is."""
-        ctx = {**ctx, "step": step, "history": self.history}
+    def run_callbacks(self, step: int, final: bool = False, **ctx) -> None:
+        """Run each callback whose turn it is (and, after the last step, those that run at the end)."""
+        ctx = {**ctx, "step": step, "final": final, "history": self.history}
         for cb in self.callbacks:
-            if cb.due(step):
+            if cb.due(step) or (final and cb.at_end):
                 cb(ctx)
 
     def save_now(self, step: int, **ctx) -> None:
@@ -52,12 +54,12 @@ class Bookkeeping:
 class LogCallback(Callback):
     """Records loss and learning rate every step; prints (or posts to the progress bar) every `every`."""
 
-    def __init__(self, every: int, log_file: Optional[str] = None, printer=print):
+    def __init__(self, every: int, log_file: Optional[str] = None, printer=tqdm.write):
         self.every, self.log_file, self.printer = every, log_file, printer
         self._t = self._step = self._start = None
 
     def due(self, step):
-        return True  # record every step; print only every `every`
+        return True  # record every step; print only every `every` and at the end
 
     def __call__(self, ctx):
         h, step = ctx["history"], ctx["step"]
@@ -138,8 +140,8 @@ class SampleGridCallback(Callback):
 
 
 class CheckpointCallback(Callback):
-    def __init__(self, every: int, config, printer=print):
-        self.every, self.config, self.printer = every, config, printer
+    def __init__(self, every: int, config):
+        self.every, self.config = every, config
         self.last_path = self.last_step = None
 
     def __call__(self, ctx):
@@ -153,7 +155,7 @@ class CheckpointCallback(Callback):
 
 
 def default_bookkeeping(config, val_dataloader, noise_schedule, embed, prompts: List[str],
-                        silent: bool = False, printer=print) -> Bookkeeping:
+                        silent: bool = False, printer=tqdm.write) -> Bookkeeping:
     """The usual four callbacks, reading their intervals from the config. Checkpoint last, so it
     records the validation loss of its own step."""
     return Bookkeeping([

@@ -118,11 +118,36 @@ def load_config(path: str) -> TrainingConfig:
 
 def load_trainer_state(path: str) -> Dict:
     path = resolve_checkpoint(path)
-    with open(os.path.join(path, "trainer_state.json")) as f:
-        state = json.load(f)
+    try:
+        with open(os.path.join(path, "trainer_state.json")) as f:
+            state = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a readable lib_cfg checkpoint (trainer_state.json: {e})") from e
     if state.get("format") != FORMAT:
         raise ValueError(f"{path} is not a lib_cfg checkpoint (format {state.get('format')!r}, expected {FORMAT!r})")
     return state
+
+
+# Fields that fix the network's shape or meaning: a checkpoint only fits a config that agrees on all of them.
+MODEL_FIELDS = ("resolution", "model_channels", "channel_mult", "num_res_blocks", "attention_resolutions",
+                "num_heads", "text_encoder", "num_denoising_steps", "beta_start", "beta_end")
+
+
+def check_compatible(saved: TrainingConfig, config: TrainingConfig, path: str) -> None:
+    """Refuse a checkpoint whose model-defining fields differ from `config`, naming each difference."""
+    diff = {f: (getattr(saved, f), getattr(config, f)) for f in MODEL_FIELDS if getattr(saved, f) != getattr(config, f)}
+    if diff:
+        raise ValueError(f"the checkpoint {path} does not fit this config: "
+                         + "; ".join(f"{f}: checkpoint {a!r}, config {b!r}" for f, (a, b) in diff.items())
+                         + ". Use the checkpoint's own config (load_config), or train a new model.")
+
+
+def _load_state(model, weights: Dict[str, torch.Tensor], path: str) -> None:
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise ValueError(f"the weights in {path} do not match its config.json (a foreign or edited checkpoint?): "
+                         f"{' '.join(str(e).split())[:300]} ...") from e
 
 
 def load_weights(path: str, ema: bool = True) -> Dict[str, torch.Tensor]:
@@ -143,17 +168,20 @@ def load_model(path: str, device: Optional[str] = None, ema: bool = True):
     config = load_config(path)
     state = load_trainer_state(path)
     model = create_unet_model(config, device, text_embed_dim=state["text_embed_dim"], verbose=False)
-    model.load_state_dict(load_weights(path, ema))
+    _load_state(model, load_weights(path, ema), path)
     model.resolution = config.resolution
     return model.eval(), config
 
 
-def restore_training(path: str, model, ema_model, optimizer) -> int:
-    """Load weights, EMA, optimizer and RNG state into the given objects; returns the step to resume from."""
+def restore_training(path: str, model, ema_model, optimizer, config: Optional[TrainingConfig] = None) -> int:
+    """Load weights, EMA, optimizer and RNG state into the given objects; returns the step to resume from.
+    With `config`, first check that the checkpoint was made for the same model."""
     path = resolve_checkpoint(path)
-    model.load_state_dict(load_weights(path, ema=False))
+    if config is not None:
+        check_compatible(load_config(path), config, path)
+    _load_state(model, load_weights(path, ema=False), path)
     if ema_model is not None:
-        ema_model.load_state_dict(load_weights(path, ema=True))
+        _load_state(ema_model, load_weights(path, ema=True), path)
     state = load_trainer_state(path)
     tensors = load_file(os.path.join(path, "optimizer.safetensors"))
     torch.set_rng_state(tensors.pop("rng.cpu"))

@@ -16,7 +16,7 @@ import sys
 import typing
 from dataclasses import fields
 
-from .config import PRESETS, TrainingConfig, field_names, get_preset
+from .config import PRESETS, TrainingConfig, field_names, get_preset, preset_of
 
 DEFAULT_SCALES = [0.0, 1.0, 3.0, 5.0, 7.5]
 
@@ -83,8 +83,8 @@ def cmd_sample(args, overrides):
     from .plotting import guidance_grid_figure
     from .sampling import guidance_grid, load_pipeline
 
+    _describe(args.checkpoint)
     pipe = load_pipeline(args.checkpoint, args.device)
-    _warn_lesson(pipe.config)
     prompts = args.prompt or _default_prompts(pipe.config)
     images = guidance_grid(pipe, prompts, args.scales, args.steps, args.seed, args.sampler)
     fig = guidance_grid_figure(images, prompts, args.scales,
@@ -120,9 +120,16 @@ def _default_prompts(config):
     return sample_prompts(config, None) if config.dataset == "synthetic-shapes" else ["a photo of a cat"]
 
 
-def _warn_lesson(config):
-    if config.dataset == PRESETS["lesson"].dataset:
-        print("this is a `lesson` preset checkpoint (CLIP text encoder, AFHQ captions, 32x32)")
+def _describe(checkpoint):
+    """Say what a checkpoint is before loading it (a lesson checkpoint needs CLIP, for instance)."""
+    from .checkpoint import load_config, load_trainer_state
+
+    config, state = load_config(checkpoint), load_trainer_state(checkpoint)
+    name = preset_of(config)
+    what = {"lesson": "the `lesson` preset (CLIP ViT-L/14 text encoder, AFHQ captions, 32x32)",
+            "quick": "the `quick` preset (synthetic shapes, offline MiniLM encoder, 16x16)",
+            "ci": "the `ci` preset (short test run)"}.get(name, "a custom config")
+    print(f"checkpoint {checkpoint}: {what}, step {state['step']}, text encoder {config.text_encoder}")
 
 
 def build_parser():

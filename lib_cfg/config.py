@@ -169,3 +169,14 @@ def resolve_device(device: str) -> str:
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise RuntimeError("device='mps' was asked for but MPS is not available; use --device auto or cpu")
     return device
+
+
+RUNTIME_FIELDS = ("checkpoint_dir", "data_dir", "device", "num_threads", "log_every", "validate_every",
+                  "sample_every", "save_every", "n_samples", "max_steps")
+
+
+def preset_of(config: TrainingConfig):
+    """The name of the preset `config` was made from (ignoring where and how long it ran), or None."""
+    def key(c):
+        return {k: v for k, v in c.to_dict().items() if k not in RUNTIME_FIELDS}
+    return next((name for name, preset in PRESETS.items() if key(preset) == key(config)), None)

@@ -77,7 +77,8 @@ def _load_hf(config: TrainingConfig):
             ds = datasets.load_from_disk(path)  # written by Dataset.save_to_disk
             return (ds["train"] if isinstance(ds, datasets.DatasetDict) else ds), f"the saved dataset {path}"
         if any(os.path.exists(os.path.join(path, m)) for m in ("metadata.jsonl", "metadata.csv")):
-            return datasets.load_dataset("imagefolder", data_dir=path, split="train"), f"the image folder {path}"
+            ds = datasets.load_dataset("imagefolder", data_dir=path, split="train")
+            return _drop_unreadable_images(ds, config.image_column), f"the image folder {path}"
         # A local copy of a hub dataset repository (parquet/arrow files): the same loader as the hub.
         return datasets.load_dataset(path, split="train"), f"the dataset folder {path}"
     if path.startswith((".", "/", "~")) or path.count("/") > 1:
@@ -91,6 +92,34 @@ def _load_hf(config: TrainingConfig):
             f"or a local image folder (images + metadata.jsonl).") from e
 
 
+def _drop_unreadable_images(ds, image_column: str):
+    """Skip corrupt or truncated image files, with a warning that names each one."""
+    import datasets
+
+    if image_column not in ds.column_names:
+        return ds  # reported by _check_columns
+    raw = ds.cast_column(image_column, datasets.Image(decode=False))[image_column]
+    good, bad = [], []
+    for i, item in enumerate(raw):
+        try:
+            with Image.open(item["path"] if item.get("path") else __import__("io").BytesIO(item["bytes"])) as im:
+                im.load()  # decodes every pixel: catches truncated files that verify() lets through
+            good.append(i)
+        except Exception as e:  # PIL raises several types for broken files
+            bad.append(f"{os.path.basename(item.get('path') or '?')} ({type(e).__name__})")
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable image file(s): {', '.join(bad[:10])}"
+                      + (" ..." if len(bad) > 10 else ""))
+    return ds.select(good) if bad else ds
+
+
+def _warn_empty_captions(captions) -> None:
+    empty = sum(1 for c in captions if not str(c).strip())
+    if empty:
+        warnings.warn(f"{empty} of {len(captions)} captions are empty: they are kept, and the model learns them as "
+                      f"the caption \"\" (not as the null prompt). Fill them in, or remove those rows.")
+
+
 def load_data(config: TrainingConfig, verbose: bool = True) -> Tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
     """(train_ds, val_ds) for `config.dataset`; the split is deterministic from config.seed."""
     if config.dataset == SYNTHETIC_DATASET:
@@ -99,10 +128,11 @@ def load_data(config: TrainingConfig, verbose: bool = True) -> Tuple[torch.utils
     else:
         ds, where = _load_hf(config)
         _check_columns(ds, config, where)
+        _warn_empty_captions(ds[config.caption_column])
         full = CaptionedImages(ds, config.image_column, config.caption_column, config.resolution)
     n = len(full)
     if n < 2:
-        raise ValueError(f"the dataset {config.dataset!r} has {n} item(s); training needs at least 2")
+        raise ValueError(f"the dataset {config.dataset!r} has {n} usable item(s); training needs at least 2")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
     n_val = max(1, int(round(n * config.val_fraction)))
     val_idx, train_idx = perm[:n_val], perm[n_val:]

@@ -143,6 +143,21 @@ def _mask(x: torch.Tensor, value: bool) -> torch.Tensor:
     return torch.full((x.shape[0],), value, dtype=torch.bool, device=x.device)
 
 
+def denoise(eps_fn, sampler: DDPMSampler, x_T: torch.Tensor, num_inference_steps: int = 50,
+            generator: Optional[torch.Generator] = None, progress: bool = True) -> torch.Tensor:
+    """The reverse process: from noise x_T [N x C x H x W], ask eps_fn(x_t, t [N]) for the noise, step back.
+
+    Every sampler in this course is this loop with a different eps_fn (CFG, classifier guidance).
+    """
+    x_t = x_T
+    sampler.set_timesteps(num_inference_steps)
+    for t in tqdm(sampler.timesteps.tolist(), desc="sampling", disable=not progress, leave=False):
+        t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        eps = eps_fn(x_t, t_batch)
+        x_t = sampler.step(eps, t, x_t, generator=generator)
+    return x_t.clamp(-1, 1)
+
+
 @torch.inference_mode()
 def sample(model, text_embeddings: Optional[torch.Tensor], sampler: DDPMSampler, guidance_scale: float = 3.0,
            num_inference_steps: int = 50, shape=None, generator: Optional[torch.Generator] = None,
@@ -153,15 +168,11 @@ def sample(model, text_embeddings: Optional[torch.Tensor], sampler: DDPMSampler,
     x_T: optional starting noise [N x C x H x W]. Returns x0 [N x C x H x W] in [-1, 1].
     """
     device = next(model.parameters()).device
-    if x_T is None:
-        x_T = randn(shape, generator, device)
-    x_t = x_T.to(device)
+    x_T = (randn(shape, generator, device) if x_T is None else x_T).to(device)
     was_training = model.training
     model.eval()
-    sampler.set_timesteps(num_inference_steps)
-    for t in tqdm(sampler.timesteps.tolist(), desc="sampling", disable=not progress, leave=False):
-        t_batch = torch.full((x_t.shape[0],), t, device=device, dtype=torch.long)
-        eps = guided_eps(model, x_t, t_batch, text_embeddings, guidance_scale)
-        x_t = sampler.step(eps, t, x_t, generator=generator)
-    model.train(was_training)
-    return x_t.clamp(-1, 1)
+    try:
+        return denoise(lambda x_t, t: guided_eps(model, x_t, t, text_embeddings, guidance_scale),
+                       sampler, x_T, num_inference_steps, generator, progress)
+    finally:
+        model.train(was_training)

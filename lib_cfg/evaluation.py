@@ -73,31 +73,42 @@ def evaluation_prompts(n_per_prompt: int):
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def adherence_sweep(model, embed, scales: Iterable[float], sampler, n_per_prompt: int = 6,
-                    num_inference_steps: int = 50, seed: int = 0, batch_size: int = 256,
-                    progress: bool = True) -> Dict[str, Dict[str, float]]:
-    """Sample every prompt n_per_prompt times at each guidance scale and judge the images.
+def sweep(generate, scales: Iterable[float], n_per_prompt: int, resolution: int, device, seed: int = 0,
+          batch_size: int = 256, progress: bool = True) -> Dict[str, Dict[str, float]]:
+    """Judge `generate(scale, rows, x_T) -> images` at each scale, for every prompt n_per_prompt times.
 
-    embed: captions [N] -> embeddings [N x D] (a TextEncoder or EmbeddingCache).
-    Returns {"<scale>": {"color": acc, "shape": acc, "all": acc}}. The same starting noise is
-    used at every scale, so the scales differ only by guidance.
+    rows: a slice into the evaluation prompts; x_T: the starting noise of those rows. The same noise
+    is used at every scale, so scales differ only by guidance. Returns {"<scale>": {"color", "shape", "all"}}.
     """
     from tqdm.auto import tqdm
 
-    from .diffusion import randn, sample
+    from .diffusion import randn
 
-    device = next(model.parameters()).device
     texts, targets = evaluation_prompts(n_per_prompt)
-    cond = embed(texts).to(device)
-    res = model_resolution(model)
-    noise = randn((len(texts), 3, res, res), torch.Generator().manual_seed(seed), device)
+    noise = randn((len(texts), 3, resolution, resolution), torch.Generator().manual_seed(seed), device)
     results = {}
     for s in tqdm(list(scales), desc="guidance scales", disable=not progress):
-        images = torch.cat([sample(model, cond[i:i + batch_size], sampler, float(s), num_inference_steps,
-                                   x_T=noise[i:i + batch_size], progress=False)
+        images = torch.cat([generate(float(s), slice(i, i + batch_size), noise[i:i + batch_size])
                             for i in range(0, len(texts), batch_size)])
         results[format_scale(s)] = attribute_accuracy(judge(images), targets)
     return results
+
+
+def adherence_sweep(model, embed, scales: Iterable[float], sampler, n_per_prompt: int = 6,
+                    num_inference_steps: int = 50, seed: int = 0, batch_size: int = 256,
+                    progress: bool = True) -> Dict[str, Dict[str, float]]:
+    """Classifier-free guidance: per-attribute accuracy at each guidance scale (see `sweep`).
+
+    embed: captions [N] -> embeddings [N x D] (a TextEncoder or EmbeddingCache).
+    """
+    from .diffusion import sample
+
+    device = next(model.parameters()).device
+    texts, _ = evaluation_prompts(n_per_prompt)
+    cond = embed(texts).to(device)
+    return sweep(lambda s, rows, x_T: sample(model, cond[rows], sampler, s, num_inference_steps, x_T=x_T,
+                                             progress=False),
+                 scales, n_per_prompt, model_resolution(model), device, seed, batch_size, progress)
 
 
 def format_scale(s: float) -> str:
@@ -118,3 +129,20 @@ def format_table(results: Dict[str, Dict[str, float]]) -> str:
     chance["all"] = float(np.prod(list(chance.values())))
     lines.append(f"{'chance':>10} | " + " | ".join(f"{100 * chance.get(c, float('nan')):5.1f}%" for c in cols))
     return "\n".join(lines)
+
+
+def diversity(images: torch.Tensor, groups: List[int]) -> float:
+    """Mean pairwise RMS distance between images that share a group (a prompt), averaged over groups.
+
+    images: [N x 3 x H x W] in [-1, 1]; groups: [N] group ids. 0 means every prompt gave one image.
+    """
+    flat = images.detach().float().cpu().flatten(1)
+    g = torch.tensor(groups)
+    values = []
+    for k in g.unique():
+        x = flat[g == k]
+        if len(x) < 2:
+            continue
+        d = torch.cdist(x, x) / flat.shape[1] ** 0.5
+        values.append(d.sum() / (len(x) * (len(x) - 1)))
+    return float(torch.stack(values).mean()) if values else 0.0

@@ -34,14 +34,11 @@ class Pipeline:
         r = self.config.resolution
         g = torch.Generator().manual_seed(seed)
         x_T = randn((len(prompts), 3, r, r), g, self.device)
-        if all(p is None for p in prompts):
-            cond = None
-        else:
-            cond = self.embed([p or "" for p in prompts], self.device)
-            null = [p is None for p in prompts]
-            if any(null):  # rows asked as "no prompt" get the null embedding exactly
-                cond = torch.where(torch.tensor(null, device=self.device)[:, None],
-                                   self.model.null_text_embed.expand_as(cond), cond)
+        # A prompt of None gets the learned null embedding itself, and still goes through the CFG
+        # mix: so "the null prompt at any s equals s = 0" is shown, not assumed.
+        null = torch.tensor([p is None for p in prompts], device=self.device)
+        cond = self.embed(["" if p is None else p for p in prompts], self.device)
+        cond = torch.where(null[:, None], self.model.null_text_embed.detach().expand_as(cond), cond)
         return sample(self.model, cond, self.sampler(sampler), guidance_scale, num_inference_steps,
                       x_T=x_T, generator=g, progress=progress)
 

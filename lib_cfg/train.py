@@ -168,7 +168,7 @@ def make_dataloaders(config: TrainingConfig, train_ds, val_ds, start_step: int =
     return train_dl, val_dl
 
 
-def run_training(config: TrainingConfig, resume: Optional[str] = None, silent: bool = False, printer=print,
+def run_training(config: TrainingConfig, resume: Optional[str] = None, silent: bool = False, printer=tqdm.write,
                  extra_callbacks=()):
     """Everything from a config: data, text encoder + cache, model, EMA, optimizer, bookkeeping, train.
 
@@ -194,7 +194,7 @@ def run_training(config: TrainingConfig, resume: Optional[str] = None, silent: b
     model.resolution = config.resolution
     ema_model = copy.deepcopy(model).requires_grad_(False) if config.ema_decay > 0 else None
     optimizer = make_optimizer(model, config)
-    start_step = restore_training(resume, model, ema_model, optimizer) if resume else 0
+    start_step = restore_training(resume, model, ema_model, optimizer, config) if resume else 0
     if start_step and not silent:
         printer(f"resumed from {resume} at step {start_step}")
     train_dl, val_dl = make_dataloaders(config, train_ds, val_ds, start_step)
@@ -222,6 +222,7 @@ def sample_prompts(config: TrainingConfig, val_ds):
 
     if config.dataset == SYNTHETIC_DATASET:
         from .synthetic import COLORS, SHAPES, caption
-        colors = list(COLORS)  # cycle both attributes, so 6 prompts already show every colour and shape
-        return [caption(colors[i % len(colors)], SHAPES[i % len(SHAPES)]) for i in range(config.n_samples)]
+        colors = list(COLORS)  # cycle both attributes: 6 prompts show every colour and shape, 18 every pair
+        return [caption(colors[i % len(colors)], SHAPES[(i + i // len(colors)) % len(SHAPES)])
+                for i in range(config.n_samples)]
     return all_captions(val_ds)[:config.n_samples]
