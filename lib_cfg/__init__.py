@@ -1,0 +1,18 @@
+"""lib_cfg: text-to-image diffusion with classifier-free guidance, the library beside the notebooks.
+
+One job per module:
+    config        TrainingConfig and the presets quick / ci / lesson
+    synthetic     the offline captioned dataset (coloured shapes)
+    data          load_data(config): synthetic, Hugging Face Hub, local image folder
+    text_encoder  TextEncoder (CLIP or offline MiniLM) and EmbeddingCache
+    model         the UNet with text conditioning (text_proj, null_text_embed, p_uncond)
+    diffusion     noise schedule, add_noise, DDPM / DDIM steps, classifier-free guided sampling
+    classifier    classifier guidance: a noise-aware classifier and the gradient-guided step
+    train         the training loop and run_training(config)
+    bookkeeping   callbacks: logs, validation, sample grids, checkpoints
+    checkpoint    safetensors + JSON checkpoint folders, atomic, exactly resumable
+    evaluation    the adherence judge and guidance-scale sweeps
+    sampling      load a checkpoint for sampling; guidance-scale grids
+    plotting, widgets, notebook, cli
+"""
+__version__ = "0.1.0"

@@ -7,6 +7,7 @@ Nothing here wraps the model: functions take it as an argument. Names follow dif
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional
 
 import torch
@@ -167,6 +168,8 @@ def sample(model, text_embeddings: Optional[torch.Tensor], sampler: DDPMSampler,
     text_embeddings: [N x D] (None: unconditional; then give `shape`). shape: (N, C, H, W).
     x_T: optional starting noise [N x C x H x W]. Returns x0 [N x C x H x W] in [-1, 1].
     """
+    if not math.isfinite(guidance_scale):
+        raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
     device = next(model.parameters()).device
     x_T = (randn(shape, generator, device) if x_T is None else x_T).to(device)
     was_training = model.training

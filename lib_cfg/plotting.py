@@ -81,7 +81,7 @@ def loss_curve_figure(history, smooth: int = 50):
         sm = torch.nn.functional.conv1d(loss[None, None], k[None, None]).flatten()
         ax.plot(history["step"][smooth - 1:], sm.numpy(), lw=1.5, label=f"train loss ({smooth}-step mean)")
     if history.get("val_loss"):
-        ax.plot(history["val_step"], history["val_loss"], "o-", lw=1.5, label="validation loss")
+        ax.plot(history["val_step"], history["val_loss"], "o-", lw=1.5, label="validation loss (EMA weights)")
     ax.set_xlabel("step"), ax.set_ylabel("MSE on eps"), ax.set_yscale("log")
     ax.legend(fontsize=8), ax.grid(alpha=0.3)
     fig.tight_layout()

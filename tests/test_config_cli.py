@@ -86,3 +86,9 @@ def test_cli_evaluate_json(ci_run, capsys):
 def test_cli_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(["sample", "--checkpoint", str(tmp_path / "nothing")]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_cli_rejects_a_nan_guidance_scale(ci_run, capsys):
+    _, _, ckpt = ci_run
+    assert main(["sample", "--checkpoint", ckpt, "--scales", "nan", "--steps", "2", "--out", "/dev/null"]) == 2
+    assert "guidance_scale must be a finite number" in capsys.readouterr().err

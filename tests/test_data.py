@@ -125,3 +125,10 @@ def test_unreachable_hub_dataset_is_a_clear_error():
 def test_missing_local_folder_is_a_clear_error():
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_data(get_preset("ci", dataset="./no/such/folder"), verbose=False)
+
+
+def test_missing_image_column_lists_the_columns(tmp_path):
+    hub_style_dataset().rename_column("image", "picture").save_to_disk(str(tmp_path / "saved"))
+    config = get_preset("ci", dataset=str(tmp_path / "saved"), caption_column="caption_blip2-opt-2.7b")
+    with pytest.raises(ValueError, match=r"no image column 'image'.*'picture'.*--image_column"):
+        load_data(config, verbose=False)

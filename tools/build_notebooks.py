@@ -66,7 +66,7 @@ from lib_cfg.notebook import setup, ensure_trained
 from lib_cfg.sampling import load_pipeline
 
 config = setup(PRESET)
-torch.manual_seed(0)
+_ = torch.manual_seed(0)
 '''),
     md("""
 ## The unconditional model
@@ -349,7 +349,9 @@ RETRAIN = False  # True: delete this preset's checkpoint and train from scratch
     md("The library's UNet, the parts that are about text (from `__init__`):"),
     code('''
 init = inspect.getsource(UNetModel.__init__).splitlines()
-print("\\n".join(l for l in init if "text" in l or "linear modulation" in l or "null" in l.lower()))
+start = next(i for i, l in enumerate(init) if "linear modulation" in l)
+end = next(i for i, l in enumerate(init) if "null_text_embed =" in l)
+print("\\n".join(init[start:end + 1]))
 '''),
     md("and its `forward`: the null swap, then `emb = time + text`, then the usual UNet:"),
     code('''
@@ -584,6 +586,11 @@ print("null prompt at s=3 and s=7.5 equals s=0:", all(torch.allclose(r, null_0, 
 print("the empty string at s=7.5 equals s=0:", torch.allclose(empty_rows[2], empty_rows[0], atol=1e-4))
 '''),
     md("""
+Guided by `""`, the model does not stay neutral: it goes somewhere definite, towards whatever the
+embedding of the empty string happens to lie closest to among the captions it learned. To sample
+"without a prompt", use the null embedding (`None` here), never `""`.
+"""),
+    md("""
 ## DDPM versus DDIM
 
 DDPM (ancestral) takes all 1000 small noisy steps; DDIM (eta = 0) is deterministic and can take big
@@ -613,14 +620,23 @@ from lib_cfg.widgets import GuidancePanel
 panel = GuidancePanel(pipe)
 panel.widget
 '''),
+    md("The sliders need a live kernel; here is a static copy of what the panel shows now, and how long it took:"),
+    code('''
+from IPython.display import Image as ShowImage
+print(panel.status.value)
+ShowImage(panel.image.value)
+'''),
 ]
 
 
 def main():
     os.makedirs(OUT, exist_ok=True)
     kernelspec = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    only = sys.argv[1:]  # e.g. `01 04`: rebuild just those (the others keep their stored outputs)
     for name, cells in [("01_classifier_guidance", NB01), ("02_text_encoder", NB02), ("03_cfg_training", NB03),
                         ("04_guidance_sampling", NB04)]:
+        if only and name[:2] not in only:
+            continue
         nb = new_notebook(cells=cells, metadata={"kernelspec": kernelspec, "language_info": {"name": "python"}})
         path = os.path.join(OUT, f"{name}.ipynb")
         nbformat.write(nb, path)
