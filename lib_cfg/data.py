@@ -80,7 +80,13 @@ def _load_hf(config: TrainingConfig):
             ds = datasets.load_dataset("imagefolder", data_dir=path, split="train")
             return _drop_unreadable_images(ds, config.image_column), f"the image folder {path}"
         # A local copy of a hub dataset repository (parquet/arrow files): the same loader as the hub.
-        return datasets.load_dataset(path, split="train"), f"the dataset folder {path}"
+        try:
+            return datasets.load_dataset(path, split="train"), f"the dataset folder {path}"
+        except Exception as e:  # EmptyDatasetError, DataFilesNotFoundError, ...
+            raise FileNotFoundError(
+                f"{path} is neither an image folder (images + metadata.jsonl or metadata.csv with 'file_name' and a "
+                f"caption column) nor a dataset folder (parquet/arrow files, or Dataset.save_to_disk): "
+                f"{type(e).__name__}: {e}") from e
     if path.startswith((".", "/", "~")) or path.count("/") > 1:
         raise FileNotFoundError(f"dataset folder {path!r} does not exist (and it is not a hub id 'owner/name')")
     try:

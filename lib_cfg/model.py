@@ -186,12 +186,13 @@ def create_unet_model(config, device: Optional[str] = None, text_embed_dim: int 
     """The UNet described by `config` on `device` (default: the config's, resolved)."""
     from .config import resolve_device
 
+    device = resolve_device(device or config.device)  # fail on an unavailable device before building anything
     model = UNetModel(model_channels=config.model_channels, num_res_blocks=config.num_res_blocks,
                       attention_resolutions=config.attention_resolutions, channel_mult=config.channel_mult,
                       num_heads=config.num_heads, dropout=config.dropout, text_embed_dim=text_embed_dim)
     if verbose:
         print(f"model params: {count_parameters(model) / 1e6:.2f} M")
-    return model.to(resolve_device(device or config.device))
+    return model.to(device)
 
 
 def count_parameters(model: nn.Module) -> int:

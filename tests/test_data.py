@@ -132,3 +132,9 @@ def test_missing_image_column_lists_the_columns(tmp_path):
     config = get_preset("ci", dataset=str(tmp_path / "saved"), caption_column="caption_blip2-opt-2.7b")
     with pytest.raises(ValueError, match=r"no image column 'image'.*'picture'.*--image_column"):
         load_data(config, verbose=False)
+
+
+def test_folder_without_metadata_or_data_files_says_what_it_needs(tmp_path):
+    (tmp_path / "bare").mkdir()
+    with pytest.raises(FileNotFoundError, match="metadata.jsonl"):
+        load_data(get_preset("ci", dataset=str(tmp_path / "bare")), verbose=False)
