@@ -169,7 +169,6 @@ def load_model(path: str, device: Optional[str] = None, ema: bool = True):
     state = load_trainer_state(path)
     model = create_unet_model(config, device, text_embed_dim=state["text_embed_dim"], verbose=False)
     _load_state(model, load_weights(path, ema), path)
-    model.resolution = config.resolution
     return model.eval(), config
 
 

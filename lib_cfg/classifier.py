@@ -123,11 +123,11 @@ def classifier_adherence_sweep(model, classifier, scales: Iterable[float], sampl
                                n_per_prompt: int = 6, num_inference_steps: int = 50, seed: int = 0,
                                progress: bool = True) -> Dict[str, Dict[str, float]]:
     """Per-attribute accuracy of classifier-guided samples at each classifier scale (same format as CFG's)."""
-    from .evaluation import evaluation_prompts, model_resolution, sweep
+    from .evaluation import evaluation_prompts, sweep
 
     device = next(model.parameters()).device
     _, targets = evaluation_prompts(n_per_prompt)
     labels = {k: torch.tensor([v.index(tg[k]) for tg in targets], device=device) for k, v in ATTRIBUTES.items()}
     return sweep(lambda s, rows, x_T: sample_with_classifier(model, classifier, {k: v[rows] for k, v in labels.items()},
                                                              sampler, s, x_T, noise_schedule, num_inference_steps),
-                 scales, n_per_prompt, model_resolution(model), device, seed, progress=progress)
+                 scales, n_per_prompt, model.resolution, device, seed, progress=progress)

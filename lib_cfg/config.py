@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Dict, Tuple
 
 SYNTHETIC_DATASET = "synthetic-shapes"  # the project's own offline dataset (lib_cfg.synthetic)

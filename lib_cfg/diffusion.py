@@ -122,8 +122,7 @@ def guided_eps(model, x_t: torch.Tensor, t: torch.Tensor, text_embeddings: Optio
     s = 1 exactly the conditional one.
     """
     if text_embeddings is None or guidance_scale == 0:
-        return model(x_t, t, text_embeddings, uncond_mask=_mask(x_t, True)) if text_embeddings is not None \
-            else model(x_t, t, None)
+        return model(x_t, t, None)  # the null embedding for every row
     if guidance_scale == 1:
         return model(x_t, t, text_embeddings)
     n = x_t.shape[0]

@@ -108,15 +108,11 @@ def adherence_sweep(model, embed, scales: Iterable[float], sampler, n_per_prompt
     cond = embed(texts).to(device)
     return sweep(lambda s, rows, x_T: sample(model, cond[rows], sampler, s, num_inference_steps, x_T=x_T,
                                              progress=False),
-                 scales, n_per_prompt, model_resolution(model), device, seed, batch_size, progress)
+                 scales, n_per_prompt, model.resolution, device, seed, batch_size, progress)
 
 
 def format_scale(s: float) -> str:
     return f"{float(s):g}"
-
-
-def model_resolution(model) -> int:
-    return int(getattr(model, "resolution", 0)) or 16
 
 
 def format_table(results: Dict[str, Dict[str, float]]) -> str:

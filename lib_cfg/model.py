@@ -106,8 +106,9 @@ class EmbedSequential(nn.Sequential):
 class UNetModel(nn.Module):
     def __init__(self, in_channels: int = 3, model_channels: int = 64, out_channels: int = 3,
                  num_res_blocks: int = 2, attention_resolutions=(4,), channel_mult=(1, 2, 2),
-                 num_heads: int = 4, dropout: float = 0.0, text_embed_dim: int = 384):
+                 num_heads: int = 4, dropout: float = 0.0, text_embed_dim: int = 384, resolution: int = 16):
         super().__init__()
+        self.resolution = resolution  # the image size it was trained on (convs accept any; sampling needs one)
         self.model_channels = model_channels
         self.text_embed_dim = text_embed_dim
         time_embed_dim = 4 * model_channels
@@ -189,7 +190,8 @@ def create_unet_model(config, device: Optional[str] = None, text_embed_dim: int 
     device = resolve_device(device or config.device)  # fail on an unavailable device before building anything
     model = UNetModel(model_channels=config.model_channels, num_res_blocks=config.num_res_blocks,
                       attention_resolutions=config.attention_resolutions, channel_mult=config.channel_mult,
-                      num_heads=config.num_heads, dropout=config.dropout, text_embed_dim=text_embed_dim)
+                      num_heads=config.num_heads, dropout=config.dropout, text_embed_dim=text_embed_dim,
+                      resolution=config.resolution)
     if verbose:
         print(f"model params: {count_parameters(model) / 1e6:.2f} M")
     return model.to(device)

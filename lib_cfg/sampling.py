@@ -6,7 +6,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from .config import TrainingConfig, resolve_device
+from .config import TrainingConfig
 from .diffusion import DDIMSampler, DDPMSampler, create_noise_schedule, randn, sample
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import signal
 import threading
 from typing import Dict, Optional
@@ -191,7 +190,6 @@ def run_training(config: TrainingConfig, resume: Optional[str] = None, silent: b
     embed.warm(all_captions(train_ds) + all_captions(val_ds))  # each distinct caption encoded once
     noise_schedule = create_noise_schedule(config.num_denoising_steps, device, config.beta_start, config.beta_end)
     model = create_unet_model(config, device, text_embed_dim=embed.encoder.text_embed_dim, verbose=not silent)
-    model.resolution = config.resolution
     ema_model = copy.deepcopy(model).requires_grad_(False) if config.ema_decay > 0 else None
     optimizer = make_optimizer(model, config)
     start_step = restore_training(resume, model, ema_model, optimizer, config) if resume else 0

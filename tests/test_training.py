@@ -1,5 +1,4 @@
 """A short `ci`-preset run learns: the loss falls and guidance makes colours follow the prompt."""
-import pytest
 
 from lib_cfg.checkpoint import load_model
 from lib_cfg.config import get_preset

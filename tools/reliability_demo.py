@@ -17,7 +17,6 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 from lib_cfg.checkpoint import load_model, resolve_checkpoint, save_checkpoint
