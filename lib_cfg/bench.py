@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import get_preset, resolve_device
-from .diffusion import DDIMSampler, DDPMSampler, add_noise, create_noise_schedule, guided_eps, sample
+from .diffusion import add_noise, create_noise_schedule, guided_eps
 from .model import count_parameters, create_unet_model
 
 
@@ -191,7 +191,7 @@ def sampler_table(checkpoint: str, n_per_prompt: int = 2) -> list:
 
 def to_markdown(results: dict) -> str:
     m = results["machine"]
-    lines = [f"# lib_cfg benchmarks\n", f"{m['date']}; {m['platform']}; {m['cpu_count']} CPUs, {m['threads']} torch "
+    lines = ["# lib_cfg benchmarks\n", f"{m['date']}; {m['platform']}; {m['cpu_count']} CPUs, {m['threads']} torch "
              f"threads; torch {m['torch']}; CUDA: {m['cuda']}\n", "## Training step: lib_cfg vs diffusers UNet2DModel\n",
              "| size | res | batch | lib_cfg img/s | diffusers img/s | speedup |", "| --- | --- | --- | --- | --- | --- |"]
     for name, r in results["train"].items():

@@ -30,6 +30,11 @@ class Callback:
         raise NotImplementedError
 
 
+def sampling_model(ctx: Dict):
+    """The EMA weights when training keeps them (what sampling should use), else the raw model."""
+    return ctx["ema_model"] if ctx.get("ema_model") is not None else ctx["model"]
+
+
 class Bookkeeping:
     def __init__(self, callbacks: List[Callback]):
         self.callbacks = callbacks
@@ -96,7 +101,7 @@ class ValidationCallback(Callback):
 
     @torch.no_grad()
     def __call__(self, ctx):
-        model = ctx["ema_model"] or ctx["model"]
+        model = sampling_model(ctx)
         device = next(model.parameters()).device
         g = torch.Generator().manual_seed(1234)  # its own RNG: validation never shifts the training noise
         was_training, total, count = model.training, 0.0, 0
@@ -127,7 +132,7 @@ class SampleGridCallback(Callback):
     def __call__(self, ctx):
         from .plotting import save_image_grid
 
-        model = ctx["ema_model"] or ctx["model"]
+        model = sampling_model(ctx)
         device = next(model.parameters()).device
         r = self.config.resolution
         g = torch.Generator().manual_seed(self.config.seed)

@@ -16,7 +16,7 @@ import sys
 import typing
 from dataclasses import fields
 
-from .config import PRESETS, TrainingConfig, field_names, get_preset, preset_of
+from .config import PRESETS, SYNTHETIC_DATASET, TrainingConfig, field_names, get_preset, preset_of
 
 DEFAULT_SCALES = [0.0, 1.0, 3.0, 5.0, 7.5]
 
@@ -96,7 +96,6 @@ def cmd_sample(args, overrides):
 
 
 def cmd_evaluate(args, overrides):
-    from .config import SYNTHETIC_DATASET
     from .evaluation import adherence_sweep, format_table
     from .sampling import load_pipeline
 
@@ -117,7 +116,7 @@ def cmd_evaluate(args, overrides):
 
 def _default_prompts(config):
     from .train import sample_prompts
-    return sample_prompts(config, None) if config.dataset == "synthetic-shapes" else ["a photo of a cat"]
+    return sample_prompts(config, None) if config.dataset == SYNTHETIC_DATASET else ["a photo of a cat"]
 
 
 def _describe(checkpoint):

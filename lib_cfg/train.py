@@ -70,8 +70,9 @@ def train(config: TrainingConfig, model: torch.nn.Module, text_encoder, train_da
           start_step: int = 0) -> float:
     """Train for `steps` (default config.max_steps) total steps, from `start_step`. Returns the last loss.
 
-    text_encoder: captions [N] -> [N x D] embeddings (an EmbeddingCache, or the lesson's TextEncoder).
-    On Ctrl-C the bookkeeping's checkpoint callbacks save the current step, then KeyboardInterrupt is re-raised.
+    text_encoder: (captions [N], device) -> [N x D] embeddings, e.g. an EmbeddingCache.
+    On Ctrl-C or SIGTERM the step in progress finishes, the bookkeeping saves a checkpoint, sets
+    `bookkeeping.interrupted` and train returns (a second Ctrl-C interrupts at once).
     """
     device = next(model.parameters()).device
     steps = steps or config.max_steps
