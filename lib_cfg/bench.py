@@ -18,11 +18,11 @@ import platform
 import time
 
 import torch
-import torch.nn.functional as F
 
-from .config import get_preset, resolve_device
-from .diffusion import add_noise, create_noise_schedule, guided_eps
+from .config import get_preset, resolve_device, use_bf16
+from .diffusion import create_noise_schedule, guided_eps
 from .model import count_parameters, create_unet_model
+from .train import make_optimizer, training_step
 
 
 def machine() -> dict:
@@ -51,8 +51,11 @@ def diffusers_unet(config, text_embed_dim: int):
         def __init__(self):
             super().__init__()
             self.unet, self.text_proj = unet, text_proj
+            self.null_text_embed = torch.nn.Parameter(torch.randn(1, text_embed_dim) * 0.02)
 
-        def forward(self, x, t, text_embeddings):
+        def forward(self, x, t, text_embeddings, uncond_mask=None):
+            if uncond_mask is not None:  # the same null-caption swap as ours
+                text_embeddings = torch.where(uncond_mask[:, None], self.null_text_embed, text_embeddings)
             return self.unet(x, t, class_labels=self.text_proj(text_embeddings)).sample
 
     return Wrapped()
@@ -64,24 +67,19 @@ def _sync(device):
 
 
 def train_speed(config, text_embed_dim: int, steps: int, rounds: int = 3) -> dict:
-    """images/s of one training step (forward, MSE, backward, clip, AdamW) for both models, interleaved."""
+    """images/s of lib_cfg's `training_step` (forward, MSE, backward, clip, AdamW) on both models, interleaved,
+    with the same optimizer and config.mixed_precision for both."""
     device = resolve_device(config.device)
     schedule = create_noise_schedule(config.num_denoising_steps, device)
+    torch.manual_seed(0)
     models = {"lib_cfg": create_unet_model(config, device, text_embed_dim, verbose=False),
               "diffusers": diffusers_unet(config, text_embed_dim).to(device)}
-    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
+    opts = {k: make_optimizer(m, config) for k, m in models.items()}
     b, r = config.batch_size, config.resolution
     x0, te = torch.randn(b, 3, r, r, device=device), torch.randn(b, text_embed_dim, device=device)
 
     def step(name):
-        model, opt = models[name], opts[name]
-        t = torch.randint(0, config.num_denoising_steps, (b,), device=device)
-        eps = torch.randn_like(x0)
-        loss = F.mse_loss(model(add_noise(x0, eps, t, schedule), t, te), eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        training_step(models[name], opts[name], x0, te, schedule, config)
 
     seconds = {k: 0.0 for k in models}
     peak = {}
@@ -102,7 +100,7 @@ def train_speed(config, text_embed_dim: int, steps: int, rounds: int = 3) -> dic
                 peak[name] = max(peak.get(name, 0), torch.cuda.max_memory_allocated() / 2 ** 20)
     ips = {k: rounds * steps * b / s for k, s in seconds.items()}
     return {"size": f"{count_parameters(models['lib_cfg']) / 1e6:.2f}M vs {count_parameters(models['diffusers']) / 1e6:.2f}M",
-            "resolution": r, "batch": b, "images_per_s": {k: round(v, 1) for k, v in ips.items()},
+            "precision": "bf16 autocast" if use_bf16(device, config.mixed_precision) else "fp32", "resolution": r, "batch": b, "images_per_s": {k: round(v, 1) for k, v in ips.items()},
             "peak_memory_mib": peak or "not measured on CPU", "speedup": round(ips["lib_cfg"] / ips["diffusers"], 3)}
 
 
@@ -117,7 +115,7 @@ def cache_speed(config, steps: int = 10) -> dict:
     cache = EmbeddingCache(encoder)
     cache.warm(train_ds.captions)
     model = create_unet_model(config, device, encoder.text_embed_dim, verbose=False)
-    opt = torch.optim.AdamW(model.parameters())
+    opt = make_optimizer(model, config)
     schedule = create_noise_schedule(config.num_denoising_steps, device)
     captions = [train_ds.captions[i * config.batch_size:(i + 1) * config.batch_size] for i in range(steps)]
     x0 = torch.randn(config.batch_size, 3, config.resolution, config.resolution, device=device)
@@ -128,12 +126,7 @@ def cache_speed(config, steps: int = 10) -> dict:
         for texts in captions:
             with torch.no_grad():
                 te = embed(texts).to(device)
-            t = torch.randint(0, config.num_denoising_steps, (len(texts),), device=device)
-            eps = torch.randn_like(x0)
-            loss = F.mse_loss(model(add_noise(x0, eps, t, schedule), t, te), eps)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            training_step(model, opt, x0, te, schedule, config)
         _sync(device)
         return (time.perf_counter() - t0) / steps
 
@@ -169,6 +162,67 @@ def cfg_speed(config, n: int = 16, steps: int = 20) -> dict:
             "speedup": round(separate / batched, 3)}
 
 
+BAR = {"color": 0.95, "shape": 0.85}  # the core issue's adherence bar at s = 3
+
+
+class _BarReached(Exception):
+    pass
+
+
+def time_to_bar(config, every: int = 100, first: int = 300, n_per_prompt: int = 6) -> dict:
+    """Train `config` from scratch (in a temporary folder) and judge the EMA model at s = 3 (DDIM 50,
+    n_per_prompt x 18 prompts) every `every` steps from step `first`, until it first meets BAR.
+    Time counts from the start of `run_training` (data, encoder, model, steps, the usual bookkeeping),
+    without the time spent judging."""
+    import tempfile
+    from dataclasses import replace
+
+    from .bookkeeping import Callback, sampling_model
+    from .diffusion import DDIMSampler
+    from .evaluation import adherence_sweep
+    from .text_encoder import EmbeddingCache, TextEncoder
+    from .train import run_training
+
+    checks, clock = [], {"start": time.perf_counter(), "judging": 0.0, "first_step": None}
+
+    class Bar(Callback):
+        def due(self, step):
+            return True
+
+        def __call__(self, ctx):
+            if clock["first_step"] is None:
+                clock["first_step"] = time.perf_counter() - clock["start"]
+            if ctx["step"] % every or ctx["step"] < first:
+                return
+            t0 = time.perf_counter()
+            model = sampling_model(ctx)
+            device = str(next(model.parameters()).device)
+            if not hasattr(self, "embed"):
+                self.embed = EmbeddingCache(TextEncoder(config.text_encoder, device),
+                                            EmbeddingCache.default_path(config.data_dir, config.text_encoder))
+                self.schedule = create_noise_schedule(config.num_denoising_steps, device, config.beta_start,
+                                                      config.beta_end)
+            acc = adherence_sweep(model, self.embed, [3.0], DDIMSampler(self.schedule, config.clip_sample_range),
+                                  n_per_prompt, 50, progress=False)["3"]
+            checks.append({"step": ctx["step"], "train_s": round(t0 - clock["start"] - clock["judging"], 1),
+                           **{k: round(v, 3) for k, v in acc.items()}})
+            print(f"time to bar: {checks[-1]}", flush=True)
+            clock["judging"] += time.perf_counter() - t0
+            if all(acc[k] >= v for k, v in BAR.items()):
+                raise _BarReached
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            run_training(replace(config, checkpoint_dir=tmp), silent=True, extra_callbacks=[Bar()])
+        except _BarReached:
+            pass
+    reached = bool(checks) and all(checks[-1][k] >= v for k, v in BAR.items())
+    return {"bar": BAR, "reached": reached, "steps": checks[-1]["step"] if reached else None,
+            "train_s": checks[-1]["train_s"] if reached else None, "setup_and_first_step_s": round(
+                clock["first_step"], 1), "judged_every": every, "images_per_check": 18 * n_per_prompt,
+            "checks": checks}
+
+
 def sampler_table(checkpoint: str, n_per_prompt: int = 2) -> list:
     """DDIM 25/50/100 versus DDPM 1000 on the trained model: seconds per image and adherence at s = 3."""
     from .evaluation import attribute_accuracy, evaluation_prompts, judge
@@ -181,7 +235,8 @@ def sampler_table(checkpoint: str, n_per_prompt: int = 2) -> list:
         t0 = time.perf_counter()
         images = pipe(texts, 3.0, steps, seed=0, sampler=kind)
         seconds = time.perf_counter() - t0
-        rows.append({"sampler": f"{kind.upper()} {steps}", "s_per_image": round(seconds / len(texts), 4),
+        rows.append({"sampler": f"{kind.upper()} {steps}", "images": len(texts),
+                     "s_per_image": round(seconds / len(texts), 4),
                      **{k: round(v, 3) for k, v in attribute_accuracy(judge(images), targets).items()}})
     base = rows[0]["s_per_image"]
     for row in rows:
@@ -191,47 +246,92 @@ def sampler_table(checkpoint: str, n_per_prompt: int = 2) -> list:
 
 def to_markdown(results: dict) -> str:
     m = results["machine"]
-    lines = ["# lib_cfg benchmarks\n", f"{m['date']}; {m['platform']}; {m['cpu_count']} CPUs, {m['threads']} torch "
-             f"threads; torch {m['torch']}; CUDA: {m['cuda']}\n", "## Training step: lib_cfg vs diffusers UNet2DModel\n",
-             "| size | res | batch | lib_cfg img/s | diffusers img/s | speedup |", "| --- | --- | --- | --- | --- | --- |"]
-    for name, r in results["train"].items():
-        lines.append(f"| {name} ({r['size']}) | {r['resolution']} | {r['batch']} | {r['images_per_s']['lib_cfg']} | "
-                     f"{r['images_per_s']['diffusers']} | {r['speedup']}x |")
-    c = results["text_cache"]
-    lines += ["", f"## Text-embedding cache\n\nstep with the cache {c['step_s_cached']} s, re-encoding every batch "
-              f"{c['step_s_reencoded']} s: **{c['reencode_over_cache']}x**\n"]
-    g = results["cfg"]
-    lines += [f"## CFG: one batched pass vs two\n\n{g['s_per_image_step_batched'] * 1e3:.3f} vs "
-              f"{g['s_per_image_step_two_passes'] * 1e3:.3f} ms per image per step: **{g['speedup']}x**\n"]
+    lines = ["# lib_cfg benchmarks\n", f"Written by `python -m lib_cfg.bench` on {m['date']}; {m['platform']}; "
+             f"{m['processor']}, {m['cpu_count']} CPUs, {m['threads']} torch threads; torch {m['torch']}; "
+             f"CUDA: {m['cuda']}. When each part was measured: {results.get('measured', {})}\n"]
+    if "train" in results:
+        lines += ["## Training step: lib_cfg vs diffusers UNet2DModel (same loop, same optimizer, same precision)\n",
+                  "| size | precision | res | batch | lib_cfg img/s | diffusers img/s | speedup |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for name, r in results["train"].items():
+            lines.append(f"| {name} ({r['size']}) | {r['precision']} | {r['resolution']} | {r['batch']} | "
+                         f"{r['images_per_s']['lib_cfg']} | {r['images_per_s']['diffusers']} | {r['speedup']}x |")
+    if "text_cache" in results:
+        c = results["text_cache"]
+        lines += ["", f"## Text-embedding cache\n\nstep with the cache {c['step_s_cached']} s, re-encoding every "
+                  f"batch {c['step_s_reencoded']} s: **{c['reencode_over_cache']}x**\n"]
+    if "cfg" in results:
+        g = results["cfg"]
+        lines += [f"## CFG: one batched pass vs two\n\n{g['s_per_image_step_batched'] * 1e3:.3f} vs "
+                  f"{g['s_per_image_step_two_passes'] * 1e3:.3f} ms per image per step: **{g['speedup']}x**\n"]
     if results.get("samplers"):
-        lines += ["## Samplers (trained quick model, s = 3)\n", "| sampler | s/image | speedup | colour | shape | all |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        n = results["samplers"][0].get("images", "?")
+        lines += [f"## Samplers (trained quick model, s = 3, {n} images each)\n",
+                  "| sampler | s/image | speedup | colour | shape | all |", "| --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {r['sampler']} | {r['s_per_image']} | {r['speedup_vs_ddpm1000']}x | {r['color']:.1%} | "
                   f"{r['shape']:.1%} | {r['all']:.1%} |" for r in results["samplers"]]
+    if "time_to_bar" in results:
+        b = results["time_to_bar"]
+        lines += ["", f"## Time for the quick preset to reach the bar (s = 3: colour >= 95%, shape >= 85%)\n",
+                  f"reached: {b['reached']}, after **{b['steps']} steps, {b['train_s']} s** of training (setup and "
+                  f"first step {b['setup_and_first_step_s']} s included; judging time excluded; "
+                  f"{b['images_per_check']} images per check)\n", "| step | train s | colour | shape | all |",
+                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {c['step']} | {c['train_s']} | {c['color']:.1%} | {c['shape']:.1%} | {c['all']:.1%} |"
+                  for c in b["checks"]]
     return "\n".join(lines) + "\n"
 
 
+PARTS = ("train", "cache", "cfg", "samplers", "time_to_bar")
+
+
 def main(argv=None):
+    from dataclasses import replace
+
     p = argparse.ArgumentParser(prog="python -m lib_cfg.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="quick-size comparisons only")
+    p.add_argument("--quick", action="store_true", help="quick-size training and sampling comparisons only")
+    p.add_argument("--only", nargs="+", choices=PARTS, help="measure these parts, keep the others from results.json")
     p.add_argument("--steps", type=int, default=10, help="timed training steps per round")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the training comparison")
     p.add_argument("--device", default="auto")
     p.add_argument("--checkpoint", default="checkpoints/quick", help="trained model for the sampler table")
     p.add_argument("--out", default="benchmarks")
     args = p.parse_args(argv)
+    parts = args.only or (PARTS[:4] if args.quick else PARTS)
+    path = os.path.join(args.out, "results.json")
+    results = {}
+    if args.only and os.path.exists(path):
+        with open(path) as f:
+            results = json.load(f)
+    results["machine"] = machine()
     quick = get_preset("quick", device=args.device)
-    results = {"machine": machine(), "train": {"quick": train_speed(quick, 384, args.steps)}}
-    if not args.quick:
-        results["train"]["lesson"] = train_speed(get_preset("lesson", device=args.device), 768, max(2, args.steps // 3))
-    results["text_cache"] = cache_speed(quick)
-    results["cfg"] = cfg_speed(quick)
-    if os.path.exists(os.path.join(args.checkpoint, "latest")):
-        results["samplers"] = sampler_table(args.checkpoint, 1 if args.quick else 2)
-    results["train_speedup_vs_diffusers"] = results["train"]["quick"]["speedup"]
-    results["cfg_batched_speedup"] = results["cfg"]["speedup"]
+    for part in parts:
+        if part == "train":
+            results["train"] = {"quick": train_speed(quick, 384, args.steps, args.rounds),
+                                "quick_fp32": train_speed(replace(quick, mixed_precision="no"), 384, args.steps,
+                                                          args.rounds)}
+            if not args.quick:
+                lesson = get_preset("lesson", device=args.device)
+                results["train"]["lesson"] = train_speed(lesson, 768, args.steps, 3)
+                results["train"]["lesson_fp32"] = train_speed(replace(lesson, mixed_precision="no"), 768,
+                                                              args.steps, 3)
+            results["train_speedup_vs_diffusers"] = results["train"]["quick"]["speedup"]
+        elif part == "cache":
+            results["text_cache"] = cache_speed(quick)
+        elif part == "cfg":
+            results["cfg"] = cfg_speed(quick)
+            results["cfg_batched_speedup"] = results["cfg"]["speedup"]
+        elif part == "samplers":
+            if not os.path.exists(os.path.join(args.checkpoint, "latest")):
+                print(f"no trained model in {args.checkpoint} (make train): sampler table skipped")
+                continue
+            results["samplers"] = sampler_table(args.checkpoint, 1 if args.quick else 6)
+        elif part == "time_to_bar":
+            results["time_to_bar"] = time_to_bar(quick)
+        results.setdefault("measured", {})[part] = results["machine"]["date"]
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
+    with open(path, "w") as f:
         json.dump(results, f, indent=1)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(to_markdown(results))

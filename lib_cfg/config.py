@@ -65,6 +65,7 @@ class TrainingConfig:
     device: str = "auto"  # "auto" picks CUDA, then MPS, then CPU; or "cpu", "cuda", "cuda:1", "mps"
     seed: int = 0  # seeds data order, noise and the null-caption dropout
     num_threads: int = 0  # torch CPU threads (0 leaves torch's default)
+    mixed_precision: str = "auto"  # "bf16" autocast, "no" (fp32), or "auto": bf16 where the hardware computes it natively
 
     def __post_init__(self):
         # JSON round trips give lists; keep tuples so configs compare equal.
@@ -93,6 +94,7 @@ class TrainingConfig:
         need(math.isfinite(self.guidance_scale), "guidance_scale", "must be a finite number")
         need(self.num_inference_steps <= self.num_denoising_steps, "num_inference_steps",
              f"cannot exceed num_denoising_steps={self.num_denoising_steps}")
+        need(self.mixed_precision in ("auto", "bf16", "no"), "mixed_precision", "must be 'auto', 'bf16' or 'no'")
         need(len(self.channel_mult) > 0, "channel_mult", "needs at least one level")
         factor = 2 ** (len(self.channel_mult) - 1)
         need(self.resolution % factor == 0, "resolution",
@@ -171,8 +173,30 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with bf16 instructions (AVX512-BF16 or AMX): there bf16 convolutions run about twice
+    as fast as fp32. Elsewhere oneDNN would emulate bf16, which is slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:  # not Linux: do not guess
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def use_bf16(device: str, mixed_precision: str) -> bool:
+    """Whether training on `device` runs under bf16 autocast, for TrainingConfig.mixed_precision."""
+    import torch
+
+    if mixed_precision != "auto":
+        return mixed_precision == "bf16"
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    return device == "cpu" and cpu_has_native_bf16()
+
+
 RUNTIME_FIELDS = ("checkpoint_dir", "data_dir", "device", "num_threads", "log_every", "validate_every",
-                  "sample_every", "save_every", "n_samples", "max_steps")
+                  "sample_every", "save_every", "n_samples", "max_steps", "mixed_precision")
 
 
 def preset_of(config: TrainingConfig):

@@ -1,11 +1,13 @@
 """The training loop (the lesson's `train`), and `run_training`, which builds everything from a config.
 
-One step: take a batch (x0, captions) -> look up the caption embeddings (cached) -> draw t
-and eps -> x_t = add_noise(x0, eps, t) -> predict eps with the captions, each replaced by
-the null embedding with probability `text_drop_prob` -> MSE -> AdamW step -> EMA update.
+One step (`training_step`): take a batch (x0, captions) -> look up the caption embeddings
+(cached) -> draw t and eps -> x_t = add_noise(x0, eps, t) -> predict eps with the captions,
+each replaced by the null embedding with probability `text_drop_prob` -> MSE -> AdamW step;
+then the EMA update. Under torchrun the same step runs on k processes (lib_cfg.distributed).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import signal
@@ -17,8 +19,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from .config import TrainingConfig, resolve_device
+from .config import TrainingConfig, resolve_device, use_bf16
 from .diffusion import add_noise, create_noise_schedule
+from .distributed import Shard
 
 
 class DivergenceError(RuntimeError):
@@ -27,12 +30,13 @@ class DivergenceError(RuntimeError):
 
 class StepBatchSampler(Sampler):
     """Batches of indices for steps start_step, start_step+1, ...: epoch e is a permutation seeded by
-    (seed, e), so a resumed run sees exactly the batches the uninterrupted run would have."""
+    (seed, e), so a resumed run sees exactly the batches the uninterrupted run would have.
+    rows: the part of each global batch this process takes (all of it for one process)."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0):
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0, rows: slice = slice(None)):
         if n < batch_size:
             raise ValueError(f"the training set has {n} items, fewer than batch_size={batch_size}")
-        self.n, self.batch_size, self.seed, self.start_step = n, batch_size, seed, start_step
+        self.n, self.batch_size, self.seed, self.start_step, self.rows = n, batch_size, seed, start_step, rows
         self.per_epoch = n // batch_size  # drop the last partial batch: every step has batch_size images
 
     def __iter__(self):
@@ -41,7 +45,7 @@ class StepBatchSampler(Sampler):
             epoch, i = divmod(step, self.per_epoch)
             perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
             for j in range(i, self.per_epoch):
-                yield perm[j * self.batch_size:(j + 1) * self.batch_size].tolist()
+                yield perm[j * self.batch_size:(j + 1) * self.batch_size][self.rows].tolist()
             step = (epoch + 1) * self.per_epoch
 
     def __len__(self):
@@ -64,23 +68,59 @@ def update_ema(ema_model, model, decay: float, step: int) -> None:
         e.lerp_(p, 1 - d)
 
 
+def autocast(device: str, mixed_precision: str):
+    """bf16 autocast for the forward pass where `use_bf16` says so (convs and matmuls in bf16; the weights,
+    the optimizer and the loss stay fp32), else a context that changes nothing."""
+    if not use_bf16(device, mixed_precision):
+        return contextlib.nullcontext()
+    return torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
+
+
+def training_step(model, optimizer, x0: torch.Tensor, text_embeddings: torch.Tensor, noise_schedule: Dict,
+                  config: TrainingConfig, shard: Shard = Shard()) -> torch.Tensor:
+    """One optimisation step. x0: [N x C x H x W] images in [-1, 1]; text_embeddings: [N x D]. Returns the loss.
+
+    With k processes, N is this process's share of the global batch: t, eps and the dropout are drawn for
+    all k * N rows (the same seed everywhere) and each process keeps its own rows, so the step does not
+    depend on how many processes share it."""
+    device = x0.device
+    n, rows = x0.shape[0] * shard.world_size, shard.rows(x0.shape[0])
+    t = torch.randint(0, len(noise_schedule["betas"]), (n,), device=device)[rows]
+    eps = torch.randn((n, *x0.shape[1:]), device=device)[rows]
+    # Each caption is swapped for the null embedding with probability text_drop_prob, so one network
+    # learns both eps(x_t, t, caption) and eps(x_t, t, null).
+    drop = (torch.rand(n, device=device) < config.text_drop_prob)[rows]
+    x_t = add_noise(x0, eps, t, noise_schedule)
+    with autocast(str(device), config.mixed_precision):
+        predicted_noise = model(x_t, t, text_embeddings, uncond_mask=drop)
+    loss = F.mse_loss(predicted_noise.float(), eps)
+
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # under DDP this also averages the gradients over the processes
+    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    return loss
+
+
 def train(config: TrainingConfig, model: torch.nn.Module, text_encoder, train_dataloader: DataLoader,
           val_dataloader: DataLoader, noise_schedule: Dict, optimizer: torch.optim.Optimizer,
           steps: Optional[int] = None, silent: bool = False, bookkeeping=None, ema_model=None,
-          start_step: int = 0) -> float:
+          start_step: int = 0, shard: Shard = Shard(), ddp_model=None) -> float:
     """Train for `steps` (default config.max_steps) total steps, from `start_step`. Returns the last loss.
 
     text_encoder: (captions [N], device) -> [N x D] embeddings, e.g. an EmbeddingCache.
+    shard, ddp_model: this process and the DDP-wrapped model under torchrun (lib_cfg.distributed).
     On Ctrl-C or SIGTERM the step in progress finishes, the bookkeeping saves a checkpoint, sets
     `bookkeeping.interrupted` and train returns (a second Ctrl-C interrupts at once).
     """
     device = next(model.parameters()).device
     steps = steps or config.max_steps
-    T = len(noise_schedule["betas"])
+    step_model = ddp_model or model
     model.train()
     loss = None
     batches = iter(train_dataloader)
-    progress_bar = tqdm(range(start_step, steps), initial=start_step, total=steps, disable=silent, desc="training")
+    progress_bar = tqdm(range(start_step, steps), initial=start_step, total=steps, disable=silent or not shard.is_main,
+                        desc="training")
     with StopOnSignal() as stop:
         for step in progress_bar:
             x0, meta = next(batches)
@@ -91,22 +131,14 @@ def train(config: TrainingConfig, model: torch.nn.Module, text_encoder, train_da
             for group in optimizer.param_groups:
                 group["lr"] = lr
 
-            t = torch.randint(0, T, (x0.shape[0],), device=device)
-            eps = torch.randn_like(x0)
-            x_t = add_noise(x0, eps, t, noise_schedule)
-            # Each caption is swapped for the null embedding with probability text_drop_prob (inside the model),
-            # so one network learns both eps(x_t, t, caption) and eps(x_t, t, null).
-            predicted_noise = model(x_t, t, text_embeddings, p_uncond=config.text_drop_prob)
-            loss = F.mse_loss(predicted_noise, eps)
-
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
+            loss = training_step(step_model, optimizer, x0, text_embeddings, noise_schedule, config, shard)
             if ema_model is not None:
                 update_ema(ema_model, model, config.ema_decay, step)
 
-            loss_value = loss.item()
+            # The processes agree on the mean loss and on stopping (a signal may reach only one of them).
+            loss_value, any_stop = shard.agree(loss, stop.requested)
+            if any_stop and not stop.requested:
+                stop.requested = "a signal to another process"
             if not math.isfinite(loss_value):
                 raise DivergenceError(
                     f"the loss became {loss_value} at step {step + 1}: training diverged. The last good checkpoint "
@@ -115,16 +147,17 @@ def train(config: TrainingConfig, model: torch.nn.Module, text_encoder, train_da
             if not silent:
                 progress_bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
             ctx = dict(step=step + 1, loss=loss_value, lr=lr, model=model, ema_model=ema_model, optimizer=optimizer,
-                       batch_size=x0.shape[0], config=config, final=step + 1 == steps)
+                       batch_size=x0.shape[0] * shard.world_size, config=config, final=step + 1 == steps)
             if bookkeeping:
                 bookkeeping.run_callbacks(**ctx)
             if stop.requested:  # Ctrl-C / SIGTERM: the step is complete; save it and stop here
                 if bookkeeping:
                     bookkeeping.save_now(**ctx)
                 progress_bar.close()
-                print(f"\ninterrupted by {stop.requested} after step {step + 1}; "
-                      + (f"checkpoint saved in {config.checkpoint_dir} (resume with --resume {config.checkpoint_dir})"
-                         if bookkeeping else "no bookkeeping, nothing saved"))
+                if shard.is_main:
+                    print(f"\ninterrupted by {stop.requested} after step {step + 1}; " + (
+                        f"checkpoint saved in {config.checkpoint_dir} (resume with --resume {config.checkpoint_dir})"
+                        if bookkeeping and bookkeeping.callbacks else "no bookkeeping, nothing saved"))
                 if bookkeeping:
                     bookkeeping.interrupted = True
                 break
@@ -156,12 +189,14 @@ class StopOnSignal:
         return False
 
 
-def make_dataloaders(config: TrainingConfig, train_ds, val_ds, start_step: int = 0):
-    """The training loader yields batches for steps start_step, start_step+1, ... (resumable order)."""
+def make_dataloaders(config: TrainingConfig, train_ds, val_ds, start_step: int = 0, shard: Shard = Shard()):
+    """The training loader yields batches for steps start_step, start_step+1, ... (resumable order);
+    under torchrun each process gets its rows of every global batch."""
     # Own generators: creating a loader iterator draws a seed, which must not shift the global RNG
     # that the training noise comes from (a resumed run would otherwise diverge).
     train_dl = DataLoader(train_ds, batch_sampler=StepBatchSampler(len(train_ds), config.batch_size, config.seed,
-                                                                  start_step),
+                                                                  start_step, shard.rows(
+                                                                      shard.per_process(config.batch_size))),
                           generator=torch.Generator().manual_seed(config.seed))
     val_dl = DataLoader(val_ds, batch_size=config.batch_size, shuffle=False,
                         generator=torch.Generator().manual_seed(config.seed))
@@ -174,7 +209,9 @@ def run_training(config: TrainingConfig, resume: Optional[str] = None, silent: b
 
     resume: a checkpoint (folder or checkpoint_dir) to continue from, with the same model config
     (`load_config(resume)` gives it). Returns (model, ema_model, bookkeeping, embed).
+    Under torchrun (WORLD_SIZE > 1) every process runs this; see lib_cfg.distributed.
     """
+    from . import distributed
     from .bookkeeping import default_bookkeeping
     from .checkpoint import restore_training
     from .data import all_captions, load_data
@@ -184,11 +221,14 @@ def run_training(config: TrainingConfig, resume: Optional[str] = None, silent: b
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    train_ds, val_ds = load_data(config, verbose=not silent)
-    embed = EmbeddingCache(TextEncoder(config.text_encoder, device),
-                           EmbeddingCache.default_path(config.data_dir, config.text_encoder))
-    embed.warm(all_captions(train_ds) + all_captions(val_ds))  # each distinct caption encoded once
+    shard = distributed.init(device)
+    silent = silent or not shard.is_main
+    torch.manual_seed(config.seed)  # the same seed in every process: the same initial weights and noise draws
+    with shard.main_first():  # process 0 writes the data and embedding caches, the others then read them
+        train_ds, val_ds = load_data(config, verbose=not silent)
+        embed = EmbeddingCache(TextEncoder(config.text_encoder, device),
+                               EmbeddingCache.default_path(config.data_dir, config.text_encoder))
+        embed.warm(all_captions(train_ds) + all_captions(val_ds))  # each distinct caption encoded once
     noise_schedule = create_noise_schedule(config.num_denoising_steps, device, config.beta_start, config.beta_end)
     model = create_unet_model(config, device, text_embed_dim=embed.encoder.text_embed_dim, verbose=not silent)
     ema_model = copy.deepcopy(model).requires_grad_(False) if config.ema_decay > 0 else None
@@ -196,15 +236,21 @@ def run_training(config: TrainingConfig, resume: Optional[str] = None, silent: b
     start_step = restore_training(resume, model, ema_model, optimizer, config) if resume else 0
     if start_step and not silent:
         printer(f"resumed from {resume} at step {start_step}")
-    train_dl, val_dl = make_dataloaders(config, train_ds, val_ds, start_step)
+    train_dl, val_dl = make_dataloaders(config, train_ds, val_ds, start_step, shard)
     prompts = sample_prompts(config, val_ds)
     bookkeeping = default_bookkeeping(config, val_dl, noise_schedule, embed, prompts, silent, printer)
     bookkeeping.callbacks[:0] = list(extra_callbacks)  # before the checkpoint callback
+    if not shard.is_main:  # logs, validation, samples and checkpoints are process 0's job
+        bookkeeping.callbacks = []
     if start_step:
         from .checkpoint import load_trainer_state
         bookkeeping.history.update(load_trainer_state(resume).get("history", {}))
-    train(config, model, embed, train_dl, val_dl, noise_schedule, optimizer, steps=config.max_steps, silent=silent,
-          bookkeeping=bookkeeping, ema_model=ema_model, start_step=start_step)
+    try:
+        train(config, model, embed, train_dl, val_dl, noise_schedule, optimizer, steps=config.max_steps,
+              silent=silent, bookkeeping=bookkeeping, ema_model=ema_model, start_step=start_step, shard=shard,
+              ddp_model=distributed.wrap(model, shard))
+    finally:
+        distributed.close(shard)
     return model, ema_model, bookkeeping, embed
 
 

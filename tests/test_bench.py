@@ -19,7 +19,7 @@ def test_diffusers_twin_has_the_same_size(preset, text_dim):
 def test_bench_entry_point_writes_results(tmp_path, monkeypatch, data_dir):
     tiny = get_preset("ci", device="cpu", data_dir=data_dir, synthetic_size=600, batch_size=8)
     monkeypatch.setattr(bench, "get_preset", lambda name, **kw: tiny)  # the ci-sized model, for speed
-    bench.main(["--quick", "--steps", "1", "--out", str(tmp_path), "--checkpoint", str(tmp_path / "none")])
+    bench.main(["--quick", "--steps", "1", "--rounds", "1", "--out", str(tmp_path), "--checkpoint", str(tmp_path / "none")])
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["train_speedup_vs_diffusers"] > 0 and results["cfg_batched_speedup"] > 0
     assert set(results["machine"]) >= {"torch", "threads", "date"}

@@ -402,12 +402,20 @@ print(embed(meta["text"]).shape)
     md("""
 ## The training step
 
-The lesson's loop, with the bookkeeping (logs, validation, sample grids, checkpoints) moved into
-callbacks so the step stays readable. The caption dropout happens inside the model
-(`p_uncond=config.text_drop_prob`).
+The lesson's step, in one short function. The caption dropout is the mask `drop`: the rows it marks
+get the null embedding (the model's `uncond_mask`; drawn here rather than inside the model so that
+2 processes under torchrun take exactly the step one process would). The forward pass runs under
+bf16 autocast where the hardware computes bf16 natively (`mixed_precision="auto"`).
 """),
     code('''
-from lib_cfg.train import train
+from lib_cfg.train import train, training_step
+print(inspect.getsource(training_step))
+'''),
+    md("""
+`train` is the loop around it: a batch, its cached embeddings, the learning rate, the step, the EMA
+update, then the bookkeeping callbacks (logs, validation, sample grids, checkpoints).
+"""),
+    code('''
 src = inspect.getsource(train)
 print(src[src.index("    with StopOnSignal()"):src.index("            if not silent:")])
 '''),
