@@ -6,7 +6,7 @@ PY := .venv/bin/python
 CKPT := checkpoints/quick
 SCALES := 0 1 3 5 7.5
 
-.PHONY: run train grid evaluate test notebooks clean-generated
+.PHONY: run train grid evaluate test notebooks bench bench-quick gpu-prep clean-generated
 
 .venv/.installed: requirements.txt
 	python3 -m venv .venv
@@ -40,6 +40,18 @@ notebooks: .venv/.installed
 	for nb in notebooks/03_*.ipynb notebooks/01_*.ipynb notebooks/02_*.ipynb notebooks/04_*.ipynb; do \
 		HF_HUB_OFFLINE=1 LIB_CFG_PRESET=quick $(PY) -m jupyter nbconvert --to notebook --execute --inplace \
 			--ExecutePreprocessor.timeout=1800 "$$nb" || exit 1; done
+
+# Benchmarks on this machine -> benchmarks/results.md and .json (the sampler table needs `make train` first).
+bench: .venv/.installed
+	$(PY) -m lib_cfg.bench
+
+bench-quick: .venv/.installed
+	$(PY) -m lib_cfg.bench --quick
+
+# For a CUDA machine that has torch but no internet: write data/text_cache (the synthetic captions' embeddings),
+# copy the repository with it, and there run `bash tools/gpu_bench.sh`.
+gpu-prep: .venv/.installed
+	$(PY) -c "from lib_cfg.bench import prepare_text_cache; prepare_text_cache()"
 
 clean-generated:
 	rm -rf data/synthetic-* data/text_cache checkpoints/quick checkpoints/ci samples

@@ -180,7 +180,7 @@ def time_to_bar(config, every: int = 100, first: int = 300, n_per_prompt: int = 
     from .bookkeeping import Callback, sampling_model
     from .diffusion import DDIMSampler
     from .evaluation import adherence_sweep
-    from .text_encoder import EmbeddingCache, TextEncoder
+    from .text_encoder import EmbeddingCache
     from .train import run_training
 
     checks, clock = [], {"start": time.perf_counter(), "judging": 0.0, "first_step": None}
@@ -198,8 +198,8 @@ def time_to_bar(config, every: int = 100, first: int = 300, n_per_prompt: int = 
             model = sampling_model(ctx)
             device = str(next(model.parameters()).device)
             if not hasattr(self, "embed"):
-                self.embed = EmbeddingCache(TextEncoder(config.text_encoder, device),
-                                            EmbeddingCache.default_path(config.data_dir, config.text_encoder))
+                self.embed = EmbeddingCache(path=EmbeddingCache.default_path(config.data_dir, config.text_encoder),
+                                            model_name=config.text_encoder, device=device)
                 self.schedule = create_noise_schedule(config.num_denoising_steps, device, config.beta_start,
                                                       config.beta_end)
             acc = adherence_sweep(model, self.embed, [3.0], DDIMSampler(self.schedule, config.clip_sample_range),
@@ -221,6 +221,65 @@ def time_to_bar(config, every: int = 100, first: int = 300, n_per_prompt: int = 
             "train_s": checks[-1]["train_s"] if reached else None, "setup_and_first_step_s": round(
                 clock["first_step"], 1), "judged_every": every, "images_per_check": 18 * n_per_prompt,
             "checks": checks}
+
+
+def lesson_run(steps: int = 3000, device: str = "auto", warmup: int = 100, synthetic_size: int = 20000) -> dict:
+    """Train the lesson-sized model (14.6M parameters, 32x32, batch 16) on the offline data and text encoder for
+    `steps` steps with the lesson's bookkeeping; steps/s after `warmup` steps, and the projection to 20 000 steps.
+    Meant for a CUDA machine (tools/gpu_bench.sh); runs anywhere."""
+    import tempfile
+    from dataclasses import replace
+
+    from .bookkeeping import Callback
+    from .config import OFFLINE_TEXT_ENCODER, SYNTHETIC_DATASET
+    from .train import run_training
+
+    lesson = get_preset("lesson")
+    config = replace(lesson, dataset=SYNTHETIC_DATASET, text_encoder=OFFLINE_TEXT_ENCODER, device=device,
+                     max_steps=steps, synthetic_size=synthetic_size, save_every=steps)
+    device = resolve_device(device)
+    marks = {}
+
+    class Clock(Callback):
+        def due(self, step):
+            return step in (warmup, steps)
+
+        def __call__(self, ctx):
+            _sync(device)  # the step's kernels are done (loss.item() waits for them too)
+            marks[ctx["step"]] = time.perf_counter()
+
+    if str(device).startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        model, _, bookkeeping, _ = run_training(replace(config, checkpoint_dir=tmp), silent=True,
+                                                extra_callbacks=[Clock()])
+    total = time.perf_counter() - start
+    rate = (steps - warmup) / (marks[steps] - marks[warmup])
+    return {"device": torch.cuda.get_device_name() if str(device).startswith("cuda") else str(device),
+            "precision": "bf16 autocast" if use_bf16(device, config.mixed_precision) else "fp32",
+            "parameters_M": round(count_parameters(model) / 1e6, 2), "resolution": config.resolution,
+            "batch": config.batch_size, "steps": steps, "steps_per_s": round(rate, 2),
+            "images_per_s": round(rate * config.batch_size, 1), "wall_s": round(total, 1),
+            "projected_20k_steps_min": round((lesson.max_steps / rate + (total - steps / rate)) / 60, 2),
+            "last_loss": round(bookkeeping.history["loss"][-1], 4),
+            "peak_memory_mib": round(torch.cuda.max_memory_allocated() / 2 ** 20) if str(device).startswith("cuda")
+            else None}
+
+
+def prepare_text_cache(data_dir: str = "data") -> str:
+    """Encode every caption the synthetic data can have (colours x shapes x templates) with the offline
+    encoder into data_dir/text_cache, so a machine without the encoder's package can train on it."""
+    from .config import OFFLINE_TEXT_ENCODER
+    from .synthetic import COLORS, SHAPES, TEMPLATES, caption
+    from .text_encoder import EmbeddingCache
+
+    path = EmbeddingCache.default_path(data_dir, OFFLINE_TEXT_ENCODER)
+    cache = EmbeddingCache(path=path, model_name=OFFLINE_TEXT_ENCODER)
+    texts = [caption(c, s, k) for c in COLORS for s in SHAPES for k in range(len(TEMPLATES))]
+    cache.warm(texts + [""])
+    print(f"{path}: {len(cache.table)} captions")
+    return path
 
 
 def sampler_table(checkpoint: str, n_per_prompt: int = 2) -> list:
@@ -279,10 +338,16 @@ def to_markdown(results: dict) -> str:
                   "| --- | --- | --- | --- | --- |"]
         lines += [f"| {c['step']} | {c['train_s']} | {c['color']:.1%} | {c['shape']:.1%} | {c['all']:.1%} |"
                   for c in b["checks"]]
+    if "lesson_run" in results:
+        r = results["lesson_run"]
+        lines += ["", "## The lesson-sized run (tools/gpu_bench.sh)\n", f"{r['parameters_M']}M parameters, {r['resolution']}x"
+                  f"{r['resolution']}, batch {r['batch']}, {r['precision']} on {r['device']}: **{r['steps_per_s']} steps/s** "
+                  f"over {r['steps']} steps; 20 000 steps projected at **{r['projected_20k_steps_min']} min**; peak "
+                  f"memory {r['peak_memory_mib']} MiB\n"]
     return "\n".join(lines) + "\n"
 
 
-PARTS = ("train", "cache", "cfg", "samplers", "time_to_bar")
+PARTS = ("train", "cache", "cfg", "samplers", "time_to_bar", "lesson_run")
 
 
 def main(argv=None):
@@ -296,9 +361,10 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the training comparison")
     p.add_argument("--device", default="auto")
     p.add_argument("--checkpoint", default="checkpoints/quick", help="trained model for the sampler table")
+    p.add_argument("--lesson_steps", type=int, default=3000, help="steps of the lesson_run part")
     p.add_argument("--out", default="benchmarks")
     args = p.parse_args(argv)
-    parts = args.only or (PARTS[:4] if args.quick else PARTS)
+    parts = args.only or (PARTS[:4] if args.quick else PARTS[:5])  # lesson_run: ask for it (a GPU job)
     path = os.path.join(args.out, "results.json")
     results = {}
     if args.only and os.path.exists(path):
@@ -329,6 +395,8 @@ def main(argv=None):
             results["samplers"] = sampler_table(args.checkpoint, 1 if args.quick else 6)
         elif part == "time_to_bar":
             results["time_to_bar"] = time_to_bar(quick)
+        elif part == "lesson_run":
+            results["lesson_run"] = lesson_run(args.lesson_steps, args.device)
         results.setdefault("measured", {})[part] = results["machine"]["date"]
     os.makedirs(args.out, exist_ok=True)
     with open(path, "w") as f:

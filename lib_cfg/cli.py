@@ -3,6 +3,7 @@
     python -m lib_cfg train --preset quick                     # the offline default (~10 min on 2 CPU cores)
     python -m lib_cfg train --preset quick --batch_size 32     # any TrainingConfig field, spelled as the field
     python -m lib_cfg train --resume checkpoints/quick         # continue an interrupted run
+    torchrun --standalone --nproc_per_node 2 -m lib_cfg train  # the same run on 2 processes (DDP; CPU: gloo)
     python -m lib_cfg sample --checkpoint checkpoints/quick --prompt "a red circle on a black background" \\
         --scales 0 1 3 7.5 --out grid.png
     python -m lib_cfg evaluate --checkpoint checkpoints/quick --scales 0 1 3 5 --json
@@ -70,12 +71,17 @@ def cmd_train(args, overrides):
         raise SystemExit(f"error: {config.checkpoint_dir} already holds a checkpoint. Continue it with "
                          f"--resume {config.checkpoint_dir}, or start over with --overwrite "
                          f"(or choose another --checkpoint_dir)")
-    print(f"training preset={args.preset!r} on {config.device}; checkpoints -> {config.checkpoint_dir}")
-    os.makedirs(config.checkpoint_dir, exist_ok=True)
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, process 0 speaks for all
+    if main_process:
+        world = os.environ.get("WORLD_SIZE", "1")
+        print(f"training preset={args.preset!r} on {config.device}" + (f" x {world} processes" if world != "1" else "")
+              + f"; checkpoints -> {config.checkpoint_dir}")
+        os.makedirs(config.checkpoint_dir, exist_ok=True)
     _, _, bookkeeping, _ = run_training(config, resume=args.resume)
     if bookkeeping.interrupted:
         return 130  # 128 + SIGINT: stopped by the user, progress saved
-    print(f"done: {config.checkpoint_dir}")
+    if main_process:
+        print(f"done: {config.checkpoint_dir}")
     return 0
 
 

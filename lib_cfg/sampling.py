@@ -45,12 +45,12 @@ class Pipeline:
 
 def load_pipeline(checkpoint: str, device: Optional[str] = None, ema: bool = True) -> Pipeline:
     from .checkpoint import load_model
-    from .text_encoder import EmbeddingCache, TextEncoder
+    from .text_encoder import EmbeddingCache
 
     model, config = load_model(checkpoint, device, ema)
     device = str(next(model.parameters()).device)
-    embed = EmbeddingCache(TextEncoder(config.text_encoder, device),
-                           EmbeddingCache.default_path(config.data_dir, config.text_encoder))
+    embed = EmbeddingCache(path=EmbeddingCache.default_path(config.data_dir, config.text_encoder),
+                           model_name=config.text_encoder, device=device)
     schedule = create_noise_schedule(config.num_denoising_steps, device, config.beta_start, config.beta_end)
     return Pipeline(model, config, embed, schedule)
 

@@ -77,10 +77,18 @@ class EmbeddingCache:
     The lesson re-encodes every batch with CLIP; most datasets repeat captions, and
     even when they don't, each caption is seen once per epoch. Lookup is a dict hit.
     The file is safetensors (no pickle): one [M x D] tensor plus the captions as JSON metadata.
+
+    encoder: a TextEncoder; or None with `model_name` (and `device`): then the encoder is loaded only
+    when a caption is missing, so a complete cache needs no encoder at all (sampling starts faster,
+    and a machine without the encoder's files can still train on cached captions).
     """
 
-    def __init__(self, encoder: TextEncoder, path: str = None, batch_size: int = 256):
-        self.encoder = encoder
+    def __init__(self, encoder: TextEncoder = None, path: str = None, batch_size: int = 256,
+                 model_name: str = None, device: str = "cpu"):
+        if encoder is None and model_name is None:
+            raise ValueError("EmbeddingCache needs an encoder or a model_name")
+        self._encoder, self.device = encoder, device
+        self.model_name = encoder.model_name if encoder is not None else model_name
         self.path = path
         self.batch_size = batch_size
         self.table: Dict[str, torch.Tensor] = {}
@@ -98,11 +106,24 @@ class EmbeddingCache:
         from safetensors import safe_open
         with safe_open(path, "pt") as f:
             meta = f.metadata() or {}
-            if meta.get("model_name") != self.encoder.model_name:
+            if meta.get("model_name") != self.model_name:
                 return  # another encoder's embeddings: ignore them
             captions = json.loads(meta["captions"])
             table = f.get_tensor("embeddings")
         self.table = dict(zip(captions, table.unbind(0)))
+
+    @property
+    def encoder(self) -> TextEncoder:
+        if self._encoder is None:
+            self._encoder = TextEncoder(self.model_name, self.device)
+        return self._encoder
+
+    @property
+    def text_embed_dim(self) -> int:
+        """D, from the cached embeddings when there are any (no need to load the encoder)."""
+        if self.table:
+            return next(iter(self.table.values())).shape[0]
+        return self.encoder.text_embed_dim
 
     def save(self) -> None:
         if not (self.path and self._dirty):
@@ -112,7 +133,7 @@ class EmbeddingCache:
         captions = list(self.table)
         tmp = f"{self.path}.tmp{os.getpid()}"
         save_file({"embeddings": torch.stack([self.table[c] for c in captions]).contiguous()}, tmp,
-                  metadata={"model_name": self.encoder.model_name, "captions": json.dumps(captions)})
+                  metadata={"model_name": self.model_name, "captions": json.dumps(captions)})
         os.replace(tmp, self.path)
         self._dirty = False
 

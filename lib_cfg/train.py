@@ -216,7 +216,7 @@ def run_training(config: TrainingConfig, resume: Optional[str] = None, silent: b
     from .checkpoint import restore_training
     from .data import all_captions, load_data
     from .model import create_unet_model
-    from .text_encoder import EmbeddingCache, TextEncoder
+    from .text_encoder import EmbeddingCache
 
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -226,11 +226,11 @@ def run_training(config: TrainingConfig, resume: Optional[str] = None, silent: b
     torch.manual_seed(config.seed)  # the same seed in every process: the same initial weights and noise draws
     with shard.main_first():  # process 0 writes the data and embedding caches, the others then read them
         train_ds, val_ds = load_data(config, verbose=not silent)
-        embed = EmbeddingCache(TextEncoder(config.text_encoder, device),
-                               EmbeddingCache.default_path(config.data_dir, config.text_encoder))
+        embed = EmbeddingCache(path=EmbeddingCache.default_path(config.data_dir, config.text_encoder),
+                               model_name=config.text_encoder, device=device)
         embed.warm(all_captions(train_ds) + all_captions(val_ds))  # each distinct caption encoded once
     noise_schedule = create_noise_schedule(config.num_denoising_steps, device, config.beta_start, config.beta_end)
-    model = create_unet_model(config, device, text_embed_dim=embed.encoder.text_embed_dim, verbose=not silent)
+    model = create_unet_model(config, device, text_embed_dim=embed.text_embed_dim, verbose=not silent)
     ema_model = copy.deepcopy(model).requires_grad_(False) if config.ema_decay > 0 else None
     optimizer = make_optimizer(model, config)
     start_step = restore_training(resume, model, ema_model, optimizer, config) if resume else 0

@@ -68,3 +68,14 @@ def test_empty_long_and_non_ascii_prompts(encoder):
     with pytest.warns(UserWarning, match="truncated"):
         e = encoder(["", "ein rotes Quadrat über 東京 🚀", "red " * 600])
     assert e.shape == (3, 384) and torch.isfinite(e).all()
+
+
+def test_a_complete_cache_needs_no_encoder(tmp_path, encoder):
+    path = str(tmp_path / "cache.safetensors")
+    EmbeddingCache(encoder, path).warm(["a red circle", "a blue square"])
+    lazy = EmbeddingCache(path=path, model_name=encoder.model_name)
+    assert lazy.text_embed_dim == 384
+    assert torch.allclose(lazy(["a blue square"]), encoder(["a blue square"]), atol=1e-5)  # batch of 2 vs 1
+    assert lazy._encoder is None  # answered from the file alone
+    lazy(["a green triangle"])  # a miss loads the encoder
+    assert lazy._encoder is not None and lazy.misses == 1

@@ -375,7 +375,7 @@ train_ds, val_ds = load_data(config)
 embed = EmbeddingCache(TextEncoder(config.text_encoder, device),
                        EmbeddingCache.default_path(config.data_dir, config.text_encoder))
 embed.warm(all_captions(train_ds) + all_captions(val_ds))  # each distinct caption encoded once
-denoising_model = create_unet_model(config, device, text_embed_dim=embed.encoder.text_embed_dim)
+denoising_model = create_unet_model(config, device, text_embed_dim=embed.text_embed_dim)
 '''),
     md("### A quick data check"),
     code('''
