@@ -198,8 +198,7 @@ def time_to_bar(config, every: int = 100, first: int = 300, n_per_prompt: int = 
             model = sampling_model(ctx)
             device = str(next(model.parameters()).device)
             if not hasattr(self, "embed"):
-                self.embed = EmbeddingCache(path=EmbeddingCache.default_path(config.data_dir, config.text_encoder),
-                                            model_name=config.text_encoder, device=device)
+                self.embed = EmbeddingCache.for_config(config, device)
                 self.schedule = create_noise_schedule(config.num_denoising_steps, device, config.beta_start,
                                                       config.beta_end)
             acc = adherence_sweep(model, self.embed, [3.0], DDIMSampler(self.schedule, config.clip_sample_range),
@@ -331,7 +330,7 @@ def to_markdown(results: dict) -> str:
                   f"{r['shape']:.1%} | {r['all']:.1%} |" for r in results["samplers"]]
     if "time_to_bar" in results:
         b = results["time_to_bar"]
-        lines += ["", f"## Time for the quick preset to reach the bar (s = 3: colour >= 95%, shape >= 85%)\n",
+        lines += ["", "## Time for the quick preset to reach the bar (s = 3: colour >= 95%, shape >= 85%)\n",
                   f"reached: {b['reached']}, after **{b['steps']} steps, {b['train_s']} s** of training (setup and "
                   f"first step {b['setup_and_first_step_s']} s included; judging time excluded; "
                   f"{b['images_per_check']} images per check)\n", "| step | train s | colour | shape | all |",

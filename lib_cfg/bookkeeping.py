@@ -1,4 +1,4 @@
-"""Bookkeeping callbacks around the training loop: logs, validation loss, sample grids, checkpoints.
+"""Bookkeeping callbacks around the training loop: EMA weights, logs, validation loss, sample grids, checkpoints.
 
 The loop calls `bookkeeping.run_callbacks(step=..., loss=..., ...)` after every step; each
 callback decides whether it is its turn (`every`) and does one job. Keeping them out of
@@ -56,6 +56,29 @@ class Bookkeeping:
                 cb(ctx)
 
 
+@torch.no_grad()
+def update_ema(ema_model, model, decay: float, step: int) -> None:
+    """ema <- d * ema + (1 - d) * model; d ramps up early so short runs get a useful average."""
+    d = min(decay, (1 + step) / (10 + step))
+    for e, p in zip(ema_model.parameters(), model.parameters()):
+        e.lerp_(p, 1 - d)
+
+
+class EMACallback(Callback):
+    """After every step, ctx["ema_model"] moves towards ctx["model"] (an exponential moving average of the
+    weights). Sampling callbacks, evaluation and checkpoints then use the EMA weights (`sampling_model`):
+    they average out the last steps' noise, which shows most in short runs."""
+
+    at_end = False  # every step is already its turn
+
+    def __init__(self, decay: float):
+        self.every, self.decay = 1, decay
+
+    def __call__(self, ctx):
+        if ctx.get("ema_model") is not None:
+            update_ema(ctx["ema_model"], ctx["model"], self.decay, ctx["step"] - 1)
+
+
 class LogCallback(Callback):
     """Records loss and learning rate every step; prints (or posts to the progress bar) every `every`."""
 
@@ -90,6 +113,15 @@ class LogCallback(Callback):
             os.makedirs(os.path.dirname(self.log_file) or ".", exist_ok=True)
             with open(self.log_file, "a") as f:
                 f.write(json.dumps(line) + "\n")
+
+
+def read_log(checkpoint_dir: str) -> List[Dict]:
+    """The lines LogCallback wrote to checkpoint_dir/log.jsonl: [{"step", "loss", "lr", "images_per_s", ...}]."""
+    path = os.path.join(checkpoint_dir, "log.jsonl")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no training log in {checkpoint_dir} (log.jsonl is written while training)")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 class ValidationCallback(Callback):
@@ -161,9 +193,10 @@ class CheckpointCallback(Callback):
 
 def default_bookkeeping(config, val_dataloader, noise_schedule, embed, prompts: List[str],
                         silent: bool = False, printer=tqdm.write) -> Bookkeeping:
-    """The usual four callbacks, reading their intervals from the config. Checkpoint last, so it
-    records the validation loss of its own step."""
+    """The usual callbacks, reading their intervals from the config. EMA first, so the others see this
+    step's average; checkpoint last, so it records the validation loss of its own step."""
     return Bookkeeping([
+        EMACallback(config.ema_decay),
         ValidationCallback(config.validate_every, val_dataloader, noise_schedule, embed),
         LogCallback(config.log_every, os.path.join(config.checkpoint_dir, "log.jsonl"),
                     printer=None if silent else printer),

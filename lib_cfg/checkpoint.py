@@ -130,7 +130,8 @@ def load_trainer_state(path: str) -> Dict:
 
 # Fields that fix the network's shape or meaning: a checkpoint only fits a config that agrees on all of them.
 MODEL_FIELDS = ("resolution", "model_channels", "channel_mult", "num_res_blocks", "attention_resolutions",
-                "num_heads", "text_encoder", "num_denoising_steps", "beta_start", "beta_end")
+                "num_heads", "text_encoder", "num_denoising_steps", "beta_start", "beta_end", "conditioning",
+                "max_text_tokens")
 
 
 def check_compatible(saved: TrainingConfig, config: TrainingConfig, path: str) -> None:

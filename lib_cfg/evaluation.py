@@ -5,7 +5,10 @@ The judge is hand-written and transparent (no learned classifier that guidance c
 - colour = the palette colour nearest to the mean of the bright foreground pixels;
 - shape = the shape whose template, drawn into the foreground's bounding box, best matches
   the foreground (smallest mean absolute difference).
-`judge_accuracy` checks the judge on the dataset's own images, where the truth is known.
+On coloured backgrounds ("synthetic-shapes-bg") the background colour is the median of the border
+pixels, and "foreground" means far from it; the binding score asks for object *and* background
+colour right at once. `judge_accuracy` checks the judge on the dataset's own images, where the
+truth is known.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .synthetic import ATTRIBUTES, COLORS, SHAPES, all_prompts, draw_shape
+from .synthetic import ATTRIBUTES, BG_DIM, COLORS, SHAPES, all_prompts, caption, draw_shape
 
 _PALETTE = np.array(list(COLORS.values()), dtype=np.float32) / 255.0
 
@@ -42,16 +45,39 @@ def judge_image(image: np.ndarray) -> Dict[str, Optional[str]]:
     return {"color": color, "shape": SHAPES[int(np.argmin(errors))]}
 
 
-def judge(images: torch.Tensor) -> List[Dict[str, Optional[str]]]:
-    """images: [N x 3 x H x W] in [-1, 1] -> one {"color", "shape"} verdict per image."""
+def judge_image_on_background(image: np.ndarray) -> Dict[str, Optional[str]]:
+    """image: [H x W x 3] in [0, 1] on a coloured background -> {"color", "shape", "background"}."""
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    bg = np.median(border, axis=0)
+    background = list(COLORS)[int(((_PALETTE * BG_DIM - bg) ** 2).sum(axis=1).argmin())]
+    distance = np.sqrt(((image - bg) ** 2).sum(axis=-1))  # how far each pixel is from the background
+    fg = distance > 0.25
+    if fg.sum() < 3:
+        return {"color": None, "shape": None, "background": background}
+    core = distance > 0.6 * distance[fg].max()
+    color = list(COLORS)[int(((_PALETTE - image[core].mean(axis=0)) ** 2).sum(axis=1).argmin())]
+    ys, xs = np.nonzero(distance > 0.5 * distance[fg].max())
+    box = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    soft = np.clip(distance / max(float(distance[core].mean()), 1e-3), 0, 1)
+    errors = [np.abs(soft - _template(s, box, image.shape[0])).mean() for s in SHAPES]
+    return {"color": color, "shape": SHAPES[int(np.argmin(errors))], "background": background}
+
+
+def judge(images: torch.Tensor, backgrounds: bool = False) -> List[Dict[str, Optional[str]]]:
+    """images: [N x 3 x H x W] in [-1, 1] -> one {"color", "shape"} (+ "background") verdict per image."""
     arr = ((images.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
-    return [judge_image(a) for a in arr]
+    return [judge_image_on_background(a) if backgrounds else judge_image(a) for a in arr]
 
 
 def attribute_accuracy(verdicts: List[Dict], targets: List[Dict[str, str]]) -> Dict[str, float]:
-    """Share of images whose verdict matches the asked attribute, per attribute, and for all at once."""
-    acc = {a: float(np.mean([v[a] == t[a] for v, t in zip(verdicts, targets)])) for a in ATTRIBUTES}
-    acc["all"] = float(np.mean([all(v[a] == t[a] for a in ATTRIBUTES) for v, t in zip(verdicts, targets)]))
+    """Share of images whose verdict matches the asked attribute, per attribute, and for all at once;
+    with backgrounds also "binding": object and background colour both right."""
+    names = list(targets[0])
+    acc = {a: float(np.mean([v[a] == t[a] for v, t in zip(verdicts, targets)])) for a in names}
+    acc["all"] = float(np.mean([all(v[a] == t[a] for a in names) for v, t in zip(verdicts, targets)]))
+    if "background" in names:
+        acc["binding"] = float(np.mean([v["color"] == t["color"] and v["background"] == t["background"]
+                                        for v, t in zip(verdicts, targets)]))
     return acc
 
 
@@ -59,22 +85,29 @@ def judge_accuracy(dataset, n: int = 2000) -> Dict[str, float]:
     """The judge's accuracy on the dataset's own (real) images: should be ~100%."""
     n = min(n, len(dataset))
     images = torch.stack([dataset[i][0] for i in range(n)])
-    targets = [{a: dataset[i][1][a] for a in ATTRIBUTES} for i in range(n)]
-    return attribute_accuracy(judge(images), targets)
+    names = [a for a in ("color", "shape", "background") if a in dataset[0][1]]
+    targets = [{a: dataset[i][1][a] for a in names} for i in range(n)]
+    return attribute_accuracy(judge(images, "background" in names), targets)
 
 
 def chance_accuracy() -> Dict[str, float]:
     return {a: 1.0 / len(v) for a, v in ATTRIBUTES.items()}
 
 
-def evaluation_prompts(n_per_prompt: int):
-    """Every canonical prompt (each colour x shape) n_per_prompt times: (texts, targets)."""
-    pairs = [p for p in all_prompts() for _ in range(n_per_prompt)]
+def evaluation_prompts(n_per_prompt: int, backgrounds: bool = False):
+    """Every canonical prompt (each colour x shape; with backgrounds, each colour x other background colour
+    x shape: every prompt's colour-swapped twin is in the set too) n_per_prompt times: (texts, targets)."""
+    if backgrounds:
+        prompts = [(caption(c, s, 0, b), {"color": c, "shape": s, "background": b})
+                   for s in SHAPES for c in COLORS for b in COLORS if b != c]
+    else:
+        prompts = all_prompts()
+    pairs = [p for p in prompts for _ in range(n_per_prompt)]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def sweep(generate, scales: Iterable[float], n_per_prompt: int, resolution: int, device, seed: int = 0,
-          batch_size: int = 256, progress: bool = True) -> Dict[str, Dict[str, float]]:
+          batch_size: int = 256, progress: bool = True, backgrounds: bool = False) -> Dict[str, Dict[str, float]]:
     """Judge `generate(scale, rows, x_T) -> images` at each scale, for every prompt n_per_prompt times.
 
     rows: a slice into the evaluation prompts; x_T: the starting noise of those rows. The same noise
@@ -84,31 +117,33 @@ def sweep(generate, scales: Iterable[float], n_per_prompt: int, resolution: int,
 
     from .diffusion import randn
 
-    texts, targets = evaluation_prompts(n_per_prompt)
+    texts, targets = evaluation_prompts(n_per_prompt, backgrounds)
     noise = randn((len(texts), 3, resolution, resolution), torch.Generator().manual_seed(seed), device)
     results = {}
     for s in tqdm(list(scales), desc="guidance scales", disable=not progress):
         images = torch.cat([generate(float(s), slice(i, i + batch_size), noise[i:i + batch_size])
                             for i in range(0, len(texts), batch_size)])
-        results[format_scale(s)] = attribute_accuracy(judge(images), targets)
+        results[format_scale(s)] = attribute_accuracy(judge(images, backgrounds), targets)
     return results
 
 
 def adherence_sweep(model, embed, scales: Iterable[float], sampler, n_per_prompt: int = 6,
                     num_inference_steps: int = 50, seed: int = 0, batch_size: int = 256,
-                    progress: bool = True) -> Dict[str, Dict[str, float]]:
+                    progress: bool = True, backgrounds: bool = False, **guidance) -> Dict[str, Dict[str, float]]:
     """Classifier-free guidance: per-attribute accuracy at each guidance scale (see `sweep`).
 
     embed: captions [N] -> embeddings [N x D] (a TextEncoder or EmbeddingCache).
+    backgrounds: the coloured-background prompts and judge (a model trained on "synthetic-shapes-bg").
+    guidance: more options for `sample` (guidance_rescale, guidance_interval).
     """
     from .diffusion import sample
 
     device = next(model.parameters()).device
-    texts, _ = evaluation_prompts(n_per_prompt)
+    texts, _ = evaluation_prompts(n_per_prompt, backgrounds)
     cond = embed(texts).to(device)
     return sweep(lambda s, rows, x_T: sample(model, cond[rows], sampler, s, num_inference_steps, x_T=x_T,
-                                             progress=False),
-                 scales, n_per_prompt, model.resolution, device, seed, batch_size, progress)
+                                             progress=False, **guidance),
+                 scales, n_per_prompt, model.resolution, device, seed, batch_size, progress, backgrounds)
 
 
 def format_scale(s: float) -> str:
@@ -142,3 +177,15 @@ def diversity(images: torch.Tensor, groups: List[int]) -> float:
         d = torch.cdist(x, x) / flat.shape[1] ** 0.5
         values.append(d.sum() / (len(x) * (len(x) - 1)))
     return float(torch.stack(values).mean()) if values else 0.0
+
+
+def saturation_stats(images: torch.Tensor) -> Dict[str, float]:
+    """How saturated / over-exposed images [N x 3 x H x W] in [-1, 1] are (large guidance pushes both up):
+    "clipped": share of channel values at the ends of the range (|x| >= 0.98);
+    "saturation": mean HSV saturation (max - min) / max of the pixels that are not dark (max > 0.3)."""
+    x = (images.detach().float().cpu().clamp(-1, 1) + 1) / 2  # [0, 1]
+    hi, lo = x.max(dim=1).values, x.min(dim=1).values  # [N x H x W]
+    lit = hi > 0.3
+    sat = ((hi - lo) / hi.clamp(min=1e-6))[lit]
+    return {"clipped": float(((x <= 0.01) | (x >= 0.99)).float().mean()),
+            "saturation": float(sat.mean()) if sat.numel() else 0.0}

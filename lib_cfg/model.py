@@ -1,10 +1,19 @@
-"""The denoiser: a guided-diffusion style UNet with text conditioning by linear modulation.
+"""The denoiser: a guided-diffusion style UNet with text conditioning.
 
-The text embedding is projected (`text_proj`) and *added to the time embedding*; every
-ResBlock then sees `emb` (time + text) and uses it to scale and shift its normalised
-features. A learnable `null_text_embed` stands for "no caption": in training it replaces a
-caption with probability `p_uncond` (classifier-free guidance dropout), and at sampling time
-it is asked for explicitly with `uncond_mask` (or `text_embeddings=None`).
+Three ways in for the text (`conditioning`), as the lesson lists them:
+- "modulation" (the lesson's, the default): the pooled text embedding is projected (`text_proj`)
+  and *added to the time embedding*; every ResBlock then sees `emb` (time + text) and uses it
+  to scale and shift its normalised features;
+- "concat": the projected text is concatenated to the time embedding and an MLP mixes the two,
+  so `emb` can be any function of (time, text), not only a sum; it still reaches every ResBlock
+  (concatenating to the input image instead would condition the first convolution only);
+- "cross_attention": the UNet features at the attention resolutions are queries over the text
+  encoder's *token* embeddings [N x L x D] (all-zero rows are padding), so each position can
+  look up the words it needs: the only mode that can tell "a red circle on blue" from "a blue
+  circle on red", whose pooled embeddings are nearly equal.
+A learnable `null_text_embed` ([1 x D], or a null token sequence [1 x L x D]) stands for "no
+caption": in training it replaces a caption with probability `p_uncond` (classifier-free guidance
+dropout), and at sampling time it is asked for with `uncond_mask` (or `text_embeddings=None`).
 """
 from __future__ import annotations
 
@@ -60,22 +69,41 @@ class ResBlock(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Self-attention over the H*W positions of a [N x C x H x W] feature map."""
+    """Self-attention over the H*W positions of a [N x C x H x W] feature map; with `context_dim`, then
+    cross-attention from those positions to text tokens [N x L x context_dim]."""
 
-    def __init__(self, channels: int, num_heads: int):
+    def __init__(self, channels: int, num_heads: int, context_dim: Optional[int] = None):
         super().__init__()
         self.num_heads = num_heads
         self.norm = norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj_out = zero_init(nn.Conv2d(channels, channels, 1))
+        if context_dim:
+            self.cross_norm = norm(channels)
+            self.cross_q = nn.Conv2d(channels, channels, 1)
+            self.cross_kv = nn.Linear(context_dim, 2 * channels)
+            self.cross_out = zero_init(nn.Conv2d(channels, channels, 1))
 
-    def forward(self, x: torch.Tensor, emb: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: Optional[torch.Tensor] = None,
+                context: Optional[torch.Tensor] = None) -> torch.Tensor:
         n, c, h, w = x.shape
         qkv = self.qkv(self.norm(x)).reshape(n, 3, self.num_heads, c // self.num_heads, h * w)
         q, k, v = qkv.permute(1, 0, 2, 4, 3).contiguous().unbind(0)  # each [N x heads x HW x C/heads]
+        x = x + self.proj_out(self._attend(q, k, v).transpose(-1, -2).reshape(n, c, h, w))
+        if context is None or not hasattr(self, "cross_q"):
+            return x
+        d = c // self.num_heads
+        q = self.cross_q(self.cross_norm(x)).reshape(n, self.num_heads, d, h * w).transpose(-1, -2)
+        k, v = self.cross_kv(context.to(x.dtype)).reshape(n, -1, 2, self.num_heads, d).permute(2, 0, 3, 1, 4)
+        keep = context.abs().amax(-1) > 0  # [N x L]: padding tokens are all-zero rows
+        keep = keep | ~keep.any(-1, keepdim=True)  # (a row with no token at all attends to everything)
+        out = self._attend(q.contiguous(), k.contiguous(), v.contiguous(), keep[:, None, None, :])
+        return x + self.cross_out(out.transpose(-1, -2).reshape(n, c, h, w))
+
+    @staticmethod
+    def _attend(q, k, v, mask=None):
         with sdpa_kernel(cpu_bf16=q.device.type == "cpu" and q.dtype == torch.bfloat16):
-            out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v
-        return x + self.proj_out(out.transpose(-1, -2).reshape(n, c, h, w))
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # softmax(q k^T / sqrt(d)) v
 
 
 def sdpa_kernel(cpu_bf16: bool):
@@ -107,30 +135,52 @@ class Upsample(nn.Module):
 
 
 class EmbedSequential(nn.Sequential):
-    """A sequence of layers that all receive `emb` (those that ignore it take it anyway)."""
+    """A sequence of layers that all receive `emb` (those that ignore it take it anyway); attention
+    blocks also get the text tokens (`context`, None unless conditioning is cross-attention)."""
 
-    def forward(self, x, emb):
+    def forward(self, x, emb, context=None):
         for layer in self:
-            x = layer(x, emb) if isinstance(layer, (ResBlock, AttentionBlock, Downsample, Upsample)) else layer(x)
+            if isinstance(layer, AttentionBlock):
+                x = layer(x, emb, context)
+            elif isinstance(layer, (ResBlock, Downsample, Upsample)):
+                x = layer(x, emb)
+            else:
+                x = layer(x)
         return x
+
+
+CONDITIONING = ("modulation", "concat", "cross_attention")
 
 
 class UNetModel(nn.Module):
     def __init__(self, in_channels: int = 3, model_channels: int = 64, out_channels: int = 3,
                  num_res_blocks: int = 2, attention_resolutions=(4,), channel_mult=(1, 2, 2),
-                 num_heads: int = 4, dropout: float = 0.0, text_embed_dim: int = 384, resolution: int = 16):
+                 num_heads: int = 4, dropout: float = 0.0, text_embed_dim: int = 384, resolution: int = 16,
+                 conditioning: str = "modulation", max_text_tokens: int = 16):
         super().__init__()
+        if conditioning not in CONDITIONING:
+            raise ValueError(f"unknown conditioning {conditioning!r}; choose one of {CONDITIONING}")
         self.resolution = resolution  # the image size it was trained on (convs accept any; sampling needs one)
         self.model_channels = model_channels
         self.text_embed_dim = text_embed_dim
+        self.conditioning = conditioning
         time_embed_dim = 4 * model_channels
         self.time_embed = nn.Sequential(nn.Linear(model_channels, time_embed_dim), nn.SiLU(),
                                         nn.Linear(time_embed_dim, time_embed_dim))
-        # The lesson's linear modulation: text -> the same space as the time embedding, then added.
-        self.text_proj = nn.Sequential(nn.Linear(text_embed_dim, time_embed_dim), nn.SiLU(),
-                                       nn.Linear(time_embed_dim, time_embed_dim))
-        # "No caption" is a learned vector, so the model learns what unconditional means.
-        self.null_text_embed = nn.Parameter(torch.randn(1, text_embed_dim) * 0.02)
+        context_dim = None
+        if conditioning == "cross_attention":  # the tokens go to the attention blocks, not into emb
+            context_dim = text_embed_dim
+            # "No caption" is a learned token sequence (all positions used).
+            self.null_text_embed = nn.Parameter(torch.randn(1, max_text_tokens, text_embed_dim) * 0.02)
+        else:
+            # The lesson's linear modulation: text -> the same space as the time embedding, then added.
+            self.text_proj = nn.Sequential(nn.Linear(text_embed_dim, time_embed_dim), nn.SiLU(),
+                                           nn.Linear(time_embed_dim, time_embed_dim))
+            if conditioning == "concat":  # [time, text] -> emb: an MLP, so not only a sum of the two
+                self.cond_mix = nn.Sequential(nn.Linear(2 * time_embed_dim, time_embed_dim), nn.SiLU(),
+                                              nn.Linear(time_embed_dim, time_embed_dim))
+            # "No caption" is a learned vector, so the model learns what unconditional means.
+            self.null_text_embed = nn.Parameter(torch.randn(1, text_embed_dim) * 0.02)
 
         self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(in_channels, model_channels, 3, padding=1))])
         skip_channels, ch, ds = [model_channels], model_channels, 1
@@ -139,14 +189,14 @@ class UNetModel(nn.Module):
                 layers = [ResBlock(ch, time_embed_dim, mult * model_channels, dropout)]
                 ch = mult * model_channels
                 if ds in attention_resolutions:
-                    layers.append(AttentionBlock(ch, num_heads))
+                    layers.append(AttentionBlock(ch, num_heads, context_dim))
                 self.input_blocks.append(EmbedSequential(*layers))
                 skip_channels.append(ch)
             if level != len(channel_mult) - 1:
                 self.input_blocks.append(EmbedSequential(Downsample(ch)))
                 skip_channels.append(ch)
                 ds *= 2
-        self.middle_block = EmbedSequential(ResBlock(ch, time_embed_dim, ch, dropout), AttentionBlock(ch, num_heads),
+        self.middle_block = EmbedSequential(ResBlock(ch, time_embed_dim, ch, dropout), AttentionBlock(ch, num_heads, context_dim),
                                             ResBlock(ch, time_embed_dim, ch, dropout))
         self.output_blocks = nn.ModuleList()
         for level, mult in list(enumerate(channel_mult))[::-1]:
@@ -154,7 +204,7 @@ class UNetModel(nn.Module):
                 layers = [ResBlock(ch + skip_channels.pop(), time_embed_dim, mult * model_channels, dropout)]
                 ch = mult * model_channels
                 if ds in attention_resolutions:
-                    layers.append(AttentionBlock(ch, num_heads))
+                    layers.append(AttentionBlock(ch, num_heads, context_dim))
                 if level and i == num_res_blocks:
                     layers.append(Upsample(ch))
                     ds //= 2
@@ -166,13 +216,14 @@ class UNetModel(nn.Module):
         """Predict the noise in `x`.
 
         x: [N x C x H x W] noisy images x_t; t: [N] integer timesteps;
-        text_embeddings: [N x D] caption embeddings, or None for all-null (unconditional);
+        text_embeddings: [N x D] caption embeddings ([N x L x D] tokens for cross-attention), or None for
+        all-null (unconditional);
         p_uncond: in training mode, each row is replaced by the null embedding with this probability;
         uncond_mask: [N] bool, rows to replace by the null embedding (any mode; used by CFG sampling).
         Returns eps: [N x C x H x W].
         """
         n = x.shape[0]
-        null = self.null_text_embed.to(x.dtype).expand(n, -1)
+        null = self.null_text_embed.to(x.dtype).expand(n, *self.null_text_embed.shape[1:])
         if text_embeddings is None:
             text_embeddings = null
         else:
@@ -180,17 +231,24 @@ class UNetModel(nn.Module):
             if self.training and p_uncond > 0:
                 drop = drop | (torch.rand(n, device=x.device) < p_uncond)
             # torch.where builds a new tensor: the caller's embeddings are never modified.
-            text_embeddings = torch.where(drop[:, None], null, text_embeddings.to(x.dtype))
+            drop = drop.reshape(n, *([1] * (null.dim() - 1)))
+            text_embeddings = torch.where(drop, null, text_embeddings.to(x.dtype))
         emb = self.time_embed(timestep_embedding(t, self.model_channels).to(x.dtype))
-        emb = emb + self.text_proj(text_embeddings)  # add the text embedding to the time embedding
+        context = None
+        if self.conditioning == "modulation":
+            emb = emb + self.text_proj(text_embeddings)  # add the text embedding to the time embedding
+        elif self.conditioning == "concat":
+            emb = self.cond_mix(torch.cat([emb, self.text_proj(text_embeddings)], dim=-1))
+        else:
+            context = text_embeddings  # [N x L x D], read by the attention blocks
 
         hs, h = [], x
         for module in self.input_blocks:
-            h = module(h, emb)
+            h = module(h, emb, context)
             hs.append(h)
-        h = self.middle_block(h, emb)
+        h = self.middle_block(h, emb, context)
         for module in self.output_blocks:
-            h = module(torch.cat([h, hs.pop()], dim=1), emb)
+            h = module(torch.cat([h, hs.pop()], dim=1), emb, context)
         return self.out(h)
 
 
@@ -203,7 +261,8 @@ def create_unet_model(config, device: Optional[str] = None, text_embed_dim: int 
     model = UNetModel(model_channels=config.model_channels, num_res_blocks=config.num_res_blocks,
                       attention_resolutions=config.attention_resolutions, channel_mult=config.channel_mult,
                       num_heads=config.num_heads, dropout=config.dropout, text_embed_dim=text_embed_dim,
-                      resolution=config.resolution)
+                      resolution=config.resolution, conditioning=config.conditioning,
+                      max_text_tokens=config.max_text_tokens)
     if verbose:
         print(f"model params: {count_parameters(model) / 1e6:.2f} M")
     return model.to(device)

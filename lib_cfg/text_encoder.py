@@ -56,19 +56,30 @@ class TextEncoder(nn.Module):
     @torch.no_grad()
     def forward(self, text) -> torch.Tensor:
         """A list of N captions (or one string) -> embeddings [N x D] (float32)."""
-        texts = [text] if isinstance(text, str) else list(text)
-        lengths = [len(ids) for ids in self.tokenizer(texts, verbose=False)["input_ids"]]
-        too_long = [t for t, n in zip(texts, lengths) if n > self.max_length]
-        if too_long:
-            warnings.warn(f"{len(too_long)} caption(s) longer than {self.max_length} tokens were truncated, "
-                          f"e.g. {too_long[0][:60]!r}...")
-        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                                return_tensors="pt").to(self.device)
-        out = self.model(**tokens)
+        tokens, mask = self._run(text)
         if self.is_clip:
-            return out.pooler_output.float()
-        mask = tokens["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)
-        return ((out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1)).float()
+            return tokens.pooler_output.float()
+        mask = mask.unsqueeze(-1).to(tokens.last_hidden_state.dtype)
+        return ((tokens.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1)).float()
+
+    @torch.no_grad()
+    def encode_tokens(self, text, max_tokens: int = 16) -> torch.Tensor:
+        """Captions [N] -> token embeddings [N x max_tokens x D] (float32), padding positions set to exactly
+        zero: cross-attention reads the mask from that, so the embeddings travel as one tensor."""
+        out, mask = self._run(text, max_tokens, pad_to_max=True)
+        return (out.last_hidden_state * mask.unsqueeze(-1)).float()
+
+    def _run(self, text, max_length: int = None, pad_to_max: bool = False):
+        texts = [text] if isinstance(text, str) else list(text)
+        max_length = min(max_length or self.max_length, self.max_length)
+        lengths = [len(ids) for ids in self.tokenizer(texts, verbose=False)["input_ids"]]
+        too_long = [t for t, n in zip(texts, lengths) if n > max_length]
+        if too_long:
+            warnings.warn(f"{len(too_long)} caption(s) longer than {max_length} tokens were truncated, "
+                          f"e.g. {too_long[0][:60]!r}...")
+        tokens = self.tokenizer(texts, padding="max_length" if pad_to_max else True, truncation=True,
+                                max_length=max_length, return_tensors="pt").to(self.device)
+        return self.model(**tokens), tokens["attention_mask"]
 
 
 class EmbeddingCache:
@@ -81,13 +92,15 @@ class EmbeddingCache:
     encoder: a TextEncoder; or None with `model_name` (and `device`): then the encoder is loaded only
     when a caption is missing, so a complete cache needs no encoder at all (sampling starts faster,
     and a machine without the encoder's files can still train on cached captions).
+    max_tokens: 0 caches pooled embeddings [D]; > 0 caches token embeddings [max_tokens x D] (for
+    cross-attention), zero-padded.
     """
 
     def __init__(self, encoder: TextEncoder = None, path: str = None, batch_size: int = 256,
-                 model_name: str = None, device: str = "cpu"):
+                 model_name: str = None, device: str = "cpu", max_tokens: int = 0):
         if encoder is None and model_name is None:
             raise ValueError("EmbeddingCache needs an encoder or a model_name")
-        self._encoder, self.device = encoder, device
+        self._encoder, self.device, self.max_tokens = encoder, device, max_tokens
         self.model_name = encoder.model_name if encoder is not None else model_name
         self.path = path
         self.batch_size = batch_size
@@ -98,15 +111,22 @@ class EmbeddingCache:
             self._load(path)
 
     @staticmethod
-    def default_path(data_dir: str, model_name: str) -> str:
-        slug = hashlib.sha1(model_name.encode()).hexdigest()[:10]
+    def default_path(data_dir: str, model_name: str, max_tokens: int = 0) -> str:
+        slug = hashlib.sha1(model_name.encode()).hexdigest()[:10] + (f"-tokens{max_tokens}" if max_tokens else "")
         return os.path.join(data_dir, "text_cache", f"{os.path.basename(model_name.rstrip('/'))}-{slug}.safetensors")
+
+    @classmethod
+    def for_config(cls, config, device: str = "cpu") -> "EmbeddingCache":
+        """The cache a config trains and samples with (token embeddings for cross-attention)."""
+        tokens = config.max_text_tokens if config.conditioning == "cross_attention" else 0
+        return cls(path=cls.default_path(config.data_dir, config.text_encoder, tokens),
+                   model_name=config.text_encoder, device=device, max_tokens=tokens)
 
     def _load(self, path: str) -> None:
         from safetensors import safe_open
         with safe_open(path, "pt") as f:
             meta = f.metadata() or {}
-            if meta.get("model_name") != self.model_name:
+            if meta.get("model_name") != self.model_name or int(meta.get("max_tokens", 0)) != self.max_tokens:
                 return  # another encoder's embeddings: ignore them
             captions = json.loads(meta["captions"])
             table = f.get_tensor("embeddings")
@@ -122,7 +142,7 @@ class EmbeddingCache:
     def text_embed_dim(self) -> int:
         """D, from the cached embeddings when there are any (no need to load the encoder)."""
         if self.table:
-            return next(iter(self.table.values())).shape[0]
+            return next(iter(self.table.values())).shape[-1]
         return self.encoder.text_embed_dim
 
     def save(self) -> None:
@@ -133,7 +153,8 @@ class EmbeddingCache:
         captions = list(self.table)
         tmp = f"{self.path}.tmp{os.getpid()}"
         save_file({"embeddings": torch.stack([self.table[c] for c in captions]).contiguous()}, tmp,
-                  metadata={"model_name": self.model_name, "captions": json.dumps(captions)})
+                  metadata={"model_name": self.model_name, "captions": json.dumps(captions),
+                            "max_tokens": str(self.max_tokens)})
         os.replace(tmp, self.path)
         self._dirty = False
 
@@ -142,14 +163,15 @@ class EmbeddingCache:
         missing = list(dict.fromkeys(c for c in captions if c not in self.table))
         for i in range(0, len(missing), self.batch_size):
             chunk = missing[i:i + self.batch_size]
-            for c, e in zip(chunk, self.encoder(chunk).cpu()):
+            embedded = self.encoder.encode_tokens(chunk, self.max_tokens) if self.max_tokens else self.encoder(chunk)
+            for c, e in zip(chunk, embedded.cpu()):
                 self.table[c] = e
             self.misses += len(chunk)
             self._dirty = True
         self.save()
 
     def __call__(self, captions: List[str], device=None) -> torch.Tensor:
-        """Captions [N] -> embeddings [N x D] on `device`."""
+        """Captions [N] -> embeddings [N x D] (tokens: [N x max_tokens x D]) on `device`."""
         missing = list(dict.fromkeys(c for c in captions if c not in self.table))  # distinct, in order
         if missing:
             self.warm(missing)

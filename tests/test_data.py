@@ -29,7 +29,8 @@ def test_synthetic_is_deterministic_cached_and_captioned(data_dir):
     assert os.path.exists(os.path.join(data_dir, "synthetic-shapes_v1_n600_r16_s0.safetensors"))
     again, _ = load_data(config, verbose=False)  # from the cache
     assert torch.equal(again.images, train.images) and again.captions == train.captions
-    images, colors, shapes, _ = generate(600, 16, seed=0)
+    images, colors, shapes, _, backgrounds = generate(600, 16, seed=0)
+    assert (backgrounds == -1).all()  # black backgrounds unless asked for colours
     assert torch.equal(images, generate(600, 16, seed=0)[0])
     assert not torch.equal(images, generate(600, 16, seed=1)[0])
     # every colour and shape occurs

@@ -33,3 +33,18 @@ def test_ci_model_follows_colour_with_guidance(ci_run, encoder):
     assert acc["3"]["color"] >= 0.6, acc  # chance is 1/6
     assert acc["3"]["color"] > acc["0"]["color"] + 0.25, acc
     assert acc["0"]["color"] < chance + 0.2, acc  # unguided: near chance
+
+
+def test_ema_callback_averages_the_weights():
+    import torch
+
+    from lib_cfg.bookkeeping import EMACallback, default_bookkeeping
+
+    model, ema = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.fill_(1.0), ema.weight.fill_(0.0)
+    EMACallback(0.9)({"model": model, "ema_model": ema, "step": 1000})  # d = 0.9 once past the warm-up
+    torch.testing.assert_close(ema.weight, torch.full((2, 2), 0.1))
+    EMACallback(0.9)({"model": model, "ema_model": None, "step": 1})  # no EMA kept: nothing to do
+    callbacks = default_bookkeeping(get_preset("ci"), None, create_noise_schedule(), None, [], silent=True).callbacks
+    assert isinstance(callbacks[0], EMACallback)  # first, so the others see this step's average
