@@ -37,7 +37,7 @@ test: .venv/.installed
 # 03 runs first: it trains the model the others load (delete checkpoints/quick to see it train).
 notebooks: .venv/.installed
 	$(PY) tools/build_notebooks.py
-	for nb in notebooks/03_*.ipynb notebooks/01_*.ipynb notebooks/02_*.ipynb notebooks/04_*.ipynb; do \
+	for nb in notebooks/03_*.ipynb notebooks/01_*.ipynb notebooks/02_*.ipynb notebooks/04_*.ipynb notebooks/05_*.ipynb; do \
 		HF_HUB_OFFLINE=1 LIB_CFG_PRESET=quick $(PY) -m jupyter nbconvert --to notebook --execute --inplace \
 			--ExecutePreprocessor.timeout=1800 "$$nb" || exit 1; done
 

@@ -180,12 +180,15 @@ def diversity(images: torch.Tensor, groups: List[int]) -> float:
 
 
 def saturation_stats(images: torch.Tensor) -> Dict[str, float]:
-    """How saturated / over-exposed images [N x 3 x H x W] in [-1, 1] are (large guidance pushes both up):
-    "clipped": share of channel values at the ends of the range (|x| >= 0.98);
-    "saturation": mean HSV saturation (max - min) / max of the pixels that are not dark (max > 0.3)."""
+    """How saturated / over-exposed images [N x 3 x H x W] in [-1, 1] are (large guidance pushes both up),
+    over the lit pixels (max channel > 0.3; the black background does not count):
+    "clipped": share of their channel values pinned at an end of the range (< 1% or > 99%);
+    "saturation": their mean HSV saturation, (max - min) / max."""
     x = (images.detach().float().cpu().clamp(-1, 1) + 1) / 2  # [0, 1]
     hi, lo = x.max(dim=1).values, x.min(dim=1).values  # [N x H x W]
     lit = hi > 0.3
-    sat = ((hi - lo) / hi.clamp(min=1e-6))[lit]
-    return {"clipped": float(((x <= 0.01) | (x >= 0.99)).float().mean()),
-            "saturation": float(sat.mean()) if sat.numel() else 0.0}
+    if not lit.any():
+        return {"clipped": 0.0, "saturation": 0.0}
+    channels = x.permute(0, 2, 3, 1)[lit]  # [lit pixels x 3]
+    return {"clipped": float(((channels <= 0.01) | (channels >= 0.99)).float().mean()),
+            "saturation": float(((hi - lo) / hi.clamp(min=1e-6))[lit].mean())}
