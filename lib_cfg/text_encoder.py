@@ -63,11 +63,13 @@ class TextEncoder(nn.Module):
         return ((tokens.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1)).float()
 
     @torch.no_grad()
-    def encode_tokens(self, text, max_tokens: int = 16) -> torch.Tensor:
+    def encode_tokens(self, text, max_tokens: int = 16, with_mask: bool = False):
         """Captions [N] -> token embeddings [N x max_tokens x D] (float32), padding positions set to exactly
-        zero: cross-attention reads the mask from that, so the embeddings travel as one tensor."""
+        zero: cross-attention reads the mask from that, so the embeddings travel as one tensor.
+        with_mask: also return the padding mask [N x max_tokens] (True: a real token)."""
         out, mask = self._run(text, max_tokens, pad_to_max=True)
-        return (out.last_hidden_state * mask.unsqueeze(-1)).float()
+        tokens = (out.last_hidden_state * mask.unsqueeze(-1)).float()
+        return (tokens, mask.bool()) if with_mask else tokens
 
     def _run(self, text, max_length: int = None, pad_to_max: bool = False):
         texts = [text] if isinstance(text, str) else list(text)

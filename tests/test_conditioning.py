@@ -64,8 +64,10 @@ def test_token_embeddings_and_their_cache(tmp_path, encoder):
     tokens = encoder.encode_tokens(texts, 12)
     lengths = [len(ids) for ids in encoder.tokenizer(texts)["input_ids"]]
     assert tokens.shape == (2, 12, 384)
-    for row, n in zip(tokens, lengths):
+    _, mask = encoder.encode_tokens(texts, 12, with_mask=True)
+    for row, n, m in zip(tokens, lengths, mask):
         assert (row[:n].abs().amax(-1) > 0).all() and (row[n:] == 0).all()  # padding is exactly zero
+        assert m.sum() == n and torch.equal(m, row.abs().amax(-1) > 0)  # the mask is the non-zero rows
     path = str(tmp_path / "tok.safetensors")
     cache = EmbeddingCache(encoder, path, max_tokens=12)
     torch.testing.assert_close(cache(texts), tokens, rtol=0, atol=1e-5)
