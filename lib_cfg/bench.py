@@ -224,7 +224,8 @@ def time_to_bar(config, every: int = 100, first: int = 300, n_per_prompt: int = 
 
 def lesson_run(steps: int = 3000, device: str = "auto", warmup: int = 100, synthetic_size: int = 20000) -> dict:
     """Train the lesson-sized model (14.6M parameters, 32x32, batch 16) on the offline data and text encoder for
-    `steps` steps with the lesson's bookkeeping; steps/s after `warmup` steps, and the projection to 20 000 steps.
+    `steps` steps with the lesson's bookkeeping; steps/s from step `warmup` to the step before the last (which
+    validates, samples and saves), and the projection to 20 000 steps.
     Meant for a CUDA machine (tools/gpu_bench.sh); runs anywhere."""
     import tempfile
     from dataclasses import replace
@@ -240,8 +241,8 @@ def lesson_run(steps: int = 3000, device: str = "auto", warmup: int = 100, synth
     marks = {}
 
     class Clock(Callback):
-        def due(self, step):
-            return step in (warmup, steps)
+        def due(self, step):  # the last step also validates, samples and saves: stop the clock one before
+            return step in (warmup, steps - 1)
 
         def __call__(self, ctx):
             _sync(device)  # the step's kernels are done (loss.item() waits for them too)
@@ -254,7 +255,7 @@ def lesson_run(steps: int = 3000, device: str = "auto", warmup: int = 100, synth
         model, _, bookkeeping, _ = run_training(replace(config, checkpoint_dir=tmp), silent=True,
                                                 extra_callbacks=[Clock()])
     total = time.perf_counter() - start
-    rate = (steps - warmup) / (marks[steps] - marks[warmup])
+    rate = (steps - 1 - warmup) / (marks[steps - 1] - marks[warmup])
     return {"device": torch.cuda.get_device_name() if str(device).startswith("cuda") else str(device),
             "precision": "bf16 autocast" if use_bf16(device, config.mixed_precision) else "fp32",
             "parameters_M": round(count_parameters(model) / 1e6, 2), "resolution": config.resolution,
