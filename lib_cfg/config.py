@@ -9,6 +9,7 @@ described by one object, which is also saved (as JSON) inside every checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from dataclasses import dataclass, fields, replace
@@ -179,6 +180,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
+@functools.lru_cache(maxsize=None)  # read /proc/cpuinfo once, not at every training step
 def cpu_has_native_bf16() -> bool:
     """True on CPUs with bf16 instructions (AVX512-BF16 or AMX): there bf16 convolutions run about twice
     as fast as fp32. Elsewhere oneDNN would emulate bf16, which is slower than fp32."""

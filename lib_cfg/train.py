@@ -3,7 +3,8 @@
 One step (`training_step`): take a batch (x0, captions) -> look up the caption embeddings
 (cached) -> draw t and eps -> x_t = add_noise(x0, eps, t) -> predict eps with the captions,
 each replaced by the null embedding with probability `text_drop_prob` -> MSE -> AdamW step;
-then the bookkeeping callbacks (EMA, logs, validation, samples, checkpoints). Under torchrun the same step runs on k processes (lib_cfg.distributed).
+then the bookkeeping callbacks (EMA, logs, validation, samples, checkpoints). Under torchrun the
+same step runs on k processes (lib_cfg.distributed).
 """
 from __future__ import annotations
 
