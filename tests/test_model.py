@@ -1,6 +1,7 @@
-"""The UNet's text conditioning: null swap, dropout rate, caller's tensor untouched, sizes."""
+"""The UNet: text conditioning (null swap, dropout rate, caller's tensor untouched), attention, sizes."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lib_cfg.config import get_preset
 from lib_cfg.model import UNetModel, count_parameters, create_unet_model
@@ -78,3 +79,25 @@ def test_device_cuda_without_cuda_is_a_clear_error():
         pytest.skip("this machine has CUDA")
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         create_unet_model(get_preset("ci", device="cuda"))
+
+
+def test_attention_kernels_agree_with_sdpa_with_and_without_mask():
+    # The plain-matmul kernel (CPU, bf16) must be the same function as SDPA's; `attention` picks by dtype.
+    from lib_cfg.model import attention, attention_matmul
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 4, 8, 16), torch.randn(2, 4, 8, 5), torch.randn(2, 4, 8, 5)
+    q = q[0]  # a strided view, as the qkv convolution's output is
+    mask = torch.tensor([[True, True, False, True, False], [False, False, False, False, True]])[:, None, None, :]
+    for m in (None, mask):
+        ref = F.scaled_dot_product_attention(*(t.transpose(-1, -2) for t in (q, k, v)), attn_mask=m)
+        ref = ref.transpose(-1, -2)
+        torch.testing.assert_close(attention_matmul(q, k, v, m), ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(attention(q, k, v, m), ref, rtol=1e-5, atol=1e-5)
+        low = attention(*(t.bfloat16() for t in (q, k, v)), m)
+        assert low.dtype == torch.bfloat16
+        torch.testing.assert_close(low.float(), ref, rtol=0.05, atol=0.05)
+    # a masked key gets no weight at all: changing its value changes nothing
+    v2 = v.clone()
+    v2[0, ..., 2] = 100.0
+    torch.testing.assert_close(attention_matmul(q, k, v2, mask), attention_matmul(q, k, v, mask))
