@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import time
 
 import torch
@@ -66,6 +67,40 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+class PeakMemory:
+    """Peak memory of what runs between `start()` and `mib()`, in MiB: CUDA's allocator peak, or on Linux
+    the process's peak resident set above its size at `start()` (freed heap handed back to the system
+    first, and the kernel's high-water mark reset through /proc/self/clear_refs). None where neither works."""
+
+    def __init__(self, device):
+        self.cuda, self.base = str(device).startswith("cuda"), None
+
+    @staticmethod
+    def _status_kib(field):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field))
+
+    def start(self):
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return
+        try:
+            import ctypes
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset VmHWM to the current resident size
+            self.base = self._status_kib("VmRSS:") * 1024
+        except (OSError, StopIteration, AttributeError):
+            self.base = None
+
+    def mib(self):
+        if self.base is None:
+            return None
+        peak = torch.cuda.max_memory_allocated() if self.cuda else self._status_kib("VmHWM:") * 1024
+        return (peak - self.base) / 2 ** 20
+
+
 def train_speed(config, text_embed_dim: int, steps: int, rounds: int = 3) -> dict:
     """images/s of lib_cfg's `training_step` (forward, MSE, backward, clip, AdamW) on both models, interleaved,
     with the same optimizer and config.mixed_precision for both."""
@@ -81,27 +116,31 @@ def train_speed(config, text_embed_dim: int, steps: int, rounds: int = 3) -> dic
     def step(name):
         training_step(models[name], opts[name], x0, te, schedule, config)
 
-    seconds = {k: 0.0 for k in models}
-    peak = {}
+    seconds = {k: [] for k in models}  # per round
+    peak, memory = {}, PeakMemory(device)
     for name in models:  # warm-up (allocator, kernels)
         for _ in range(3):
             step(name)
-    for _ in range(rounds):  # interleaved rounds: drift of the machine hits both alike
-        for name in models:
-            if str(device).startswith("cuda"):
-                torch.cuda.reset_peak_memory_stats()
+    for i in range(rounds):  # interleaved rounds, alternating who goes first: drift of the machine hits both alike
+        for name in (list(models) if i % 2 == 0 else list(models)[::-1]):
+            memory.start()
             _sync(device)
             t0 = time.perf_counter()
             for _ in range(steps):
                 step(name)
             _sync(device)
-            seconds[name] += time.perf_counter() - t0
-            if str(device).startswith("cuda"):
-                peak[name] = max(peak.get(name, 0), torch.cuda.max_memory_allocated() / 2 ** 20)
-    ips = {k: rounds * steps * b / s for k, s in seconds.items()}
+            seconds[name].append(time.perf_counter() - t0)
+            if memory.mib() is not None:
+                peak[name] = round(max(peak.get(name, 0), memory.mib()), 1)
+    # Medians over rounds: a burst of load from elsewhere on a shared machine spoils one round, not the figure.
+    ips = {k: statistics.median(steps * b / t for t in ts) for k, ts in seconds.items()}
+    ratios = [d / lib for lib, d in zip(seconds["lib_cfg"], seconds["diffusers"])]
     return {"size": f"{count_parameters(models['lib_cfg']) / 1e6:.2f}M vs {count_parameters(models['diffusers']) / 1e6:.2f}M",
-            "precision": "bf16 autocast" if use_bf16(device, config.mixed_precision) else "fp32", "resolution": r, "batch": b, "images_per_s": {k: round(v, 1) for k, v in ips.items()},
-            "peak_memory_mib": peak or "not measured on CPU", "speedup": round(ips["lib_cfg"] / ips["diffusers"], 3)}
+            "precision": "bf16 autocast" if use_bf16(device, config.mixed_precision) else "fp32", "resolution": r,
+            "batch": b, "rounds": rounds, "steps_per_round": steps,
+            "images_per_s": {k: round(v, 1) for k, v in ips.items()}, "peak_memory_mib": peak or "not measured",
+            "speedup": round(statistics.median(ratios), 3),
+            "speedup_rounds_min_max": [round(min(ratios), 3), round(max(ratios), 3)]}
 
 
 def cache_speed(config, steps: int = 10) -> dict:
@@ -137,7 +176,7 @@ def cache_speed(config, steps: int = 10) -> dict:
 
 
 @torch.inference_mode()
-def cfg_speed(config, n: int = 16, steps: int = 20) -> dict:
+def cfg_speed(config, n: int = 16, steps: int = 10, rounds: int = 4) -> dict:
     """Seconds per image for CFG with one batched 2N-row pass versus two N-row passes."""
     device = resolve_device(config.device)
     model = create_unet_model(config, device, 384, verbose=False).eval()
@@ -148,7 +187,6 @@ def cfg_speed(config, n: int = 16, steps: int = 20) -> dict:
         return u + 3.0 * (c - u)
 
     def timed(fn):
-        fn(x, torch.full((n,), 500, device=device))
         _sync(device)
         t0 = time.perf_counter()
         for k in range(steps):
@@ -156,10 +194,17 @@ def cfg_speed(config, n: int = 16, steps: int = 20) -> dict:
         _sync(device)
         return (time.perf_counter() - t0) / steps / n
 
-    batched = timed(lambda x_t, t: guided_eps(model, x_t, t, te, 3.0))
-    separate = timed(two_passes)
-    return {"s_per_image_step_batched": batched, "s_per_image_step_two_passes": separate,
-            "speedup": round(separate / batched, 3)}
+    fns = {"batched": lambda x_t, t: guided_eps(model, x_t, t, te, 3.0), "two_passes": two_passes}
+    for fn in fns.values():  # warm-up
+        fn(x, torch.full((n,), 500, device=device))
+    times = {k: [] for k in fns}
+    for i in range(rounds):  # interleaved, alternating who goes first; medians (see train_speed)
+        for name in (list(fns) if i % 2 == 0 else list(fns)[::-1]):
+            times[name].append(timed(fns[name]))
+    ratios = [two / one for one, two in zip(times["batched"], times["two_passes"])]
+    return {"s_per_image_step_batched": statistics.median(times["batched"]),
+            "s_per_image_step_two_passes": statistics.median(times["two_passes"]),
+            "speedup": round(statistics.median(ratios), 3)}
 
 
 BAR = {"color": 0.95, "shape": 0.85}  # the core issue's adherence bar at s = 3
@@ -310,11 +355,19 @@ def to_markdown(results: dict) -> str:
              f"CUDA: {m['cuda']}. When each part was measured: {results.get('measured', {})}\n"]
     if "train" in results:
         lines += ["## Training step: lib_cfg vs diffusers UNet2DModel (same loop, same optimizer, same precision)\n",
-                  "| size | precision | res | batch | lib_cfg img/s | diffusers img/s | speedup |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+                  "| size | precision | res | batch | lib_cfg img/s | diffusers img/s | speedup (rounds: min-max) "
+                  "| peak memory MiB (lib_cfg / diffusers) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for name, r in results["train"].items():
+            mem = r.get("peak_memory_mib")
+            mem = f"{mem['lib_cfg']} / {mem['diffusers']}" if isinstance(mem, dict) else mem
+            rng = "-".join(str(v) for v in r.get("speedup_rounds_min_max", []))
             lines.append(f"| {name} ({r['size']}) | {r['precision']} | {r['resolution']} | {r['batch']} | "
-                         f"{r['images_per_s']['lib_cfg']} | {r['images_per_s']['diffusers']} | {r['speedup']}x |")
+                         f"{r['images_per_s']['lib_cfg']} | {r['images_per_s']['diffusers']} | {r['speedup']}x ({rng}) "
+                         f"| {mem} |")
+        lines += ["", "img/s and speedup: medians over interleaved rounds (who goes first alternates). Peak memory: "
+                  "the most a step needed above what was resident when the timed steps began (weights, optimizer "
+                  "state, data), i.e. activations and gradients: on a CPU the process's peak resident set (Linux), "
+                  "on CUDA the allocator's peak.\n"]
     if "text_cache" in results:
         c = results["text_cache"]
         lines += ["", f"## Text-embedding cache\n\nstep with the cache {c['step_s_cached']} s, re-encoding every "
@@ -358,7 +411,7 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="quick-size training and sampling comparisons only")
     p.add_argument("--only", nargs="+", choices=PARTS, help="measure these parts, keep the others from results.json")
     p.add_argument("--steps", type=int, default=10, help="timed training steps per round")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the training comparison")
+    p.add_argument("--rounds", type=int, default=8, help="interleaved rounds of the training comparison")
     p.add_argument("--device", default="auto")
     p.add_argument("--checkpoint", default="checkpoints/quick", help="trained model for the sampler table")
     p.add_argument("--lesson_steps", type=int, default=3000, help="steps of the lesson_run part")
@@ -379,9 +432,9 @@ def main(argv=None):
                                                           args.rounds)}
             if not args.quick:
                 lesson = get_preset("lesson", device=args.device)
-                results["train"]["lesson"] = train_speed(lesson, 768, args.steps, 3)
+                results["train"]["lesson"] = train_speed(lesson, 768, args.steps, 4)
                 results["train"]["lesson_fp32"] = train_speed(replace(lesson, mixed_precision="no"), 768,
-                                                              args.steps, 3)
+                                                              args.steps, 4)
             results["train_speedup_vs_diffusers"] = results["train"]["quick"]["speedup"]
         elif part == "cache":
             results["text_cache"] = cache_speed(quick)
