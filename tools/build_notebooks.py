@@ -710,7 +710,7 @@ from lib_cfg.model import AttentionBlock, UNetModel
 src = inspect.getsource(UNetModel.forward)
 print(src[src.index("        emb = self.time_embed"):src.index("        hs, h = [], x")])
 src = inspect.getsource(AttentionBlock.forward)
-print(src[src.index("        d = c //"):])
+print(src[src.index("        if context is None"):])
 '''),
     md("""
 ## Training the three side by side
