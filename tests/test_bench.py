@@ -1,7 +1,9 @@
 """The benchmark's premises and outputs (not a speed claim: the numbers are in benchmarks/results.md)."""
 import json
+import os
 
 import pytest
+import torch
 
 from lib_cfg import bench
 from lib_cfg.config import get_preset
@@ -14,6 +16,17 @@ def test_diffusers_twin_has_the_same_size(preset, text_dim):
     ours = count_parameters(create_unet_model(config, text_embed_dim=text_dim, verbose=False))
     theirs = count_parameters(bench.diffusers_unet(config, text_dim))
     assert abs(theirs - ours) / ours < 0.02, (ours, theirs)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="peak RSS reset needs Linux")
+def test_peak_memory_sees_what_was_allocated_in_between():
+    memory = bench.PeakMemory("cpu")
+    memory.start()
+    x = torch.ones(64 * 2 ** 20 // 4)  # 64 MiB, touched
+    del x
+    assert 60 < memory.mib() < 120
+    memory.start()  # the high-water mark starts again from here
+    assert memory.mib() < 20
 
 
 def test_bench_entry_point_writes_results(tmp_path, monkeypatch, data_dir):
