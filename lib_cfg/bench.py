@@ -67,6 +67,15 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def interleaved(names, rounds: int):
+    """`names` over `rounds` rounds, who goes first alternating from round to round, so a drift of the machine
+    (or the cost of going first or second) hits every contender alike. Callers report medians over rounds:
+    a burst of load from elsewhere on a shared machine spoils one round, not the figure."""
+    names = list(names)
+    for i in range(rounds):
+        yield from (names if i % 2 == 0 else names[::-1])
+
+
 class PeakMemory:
     """Peak memory of what runs between `start()` and `mib()`, in MiB: CUDA's allocator peak, or on Linux
     the process's peak resident set above its size at `start()` (freed heap handed back to the system
@@ -121,18 +130,17 @@ def train_speed(config, text_embed_dim: int, steps: int, rounds: int = 3) -> dic
     for name in models:  # warm-up (allocator, kernels)
         for _ in range(3):
             step(name)
-    for i in range(rounds):  # interleaved rounds, alternating who goes first: drift of the machine hits both alike
-        for name in (list(models) if i % 2 == 0 else list(models)[::-1]):
-            memory.start()
-            _sync(device)
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                step(name)
-            _sync(device)
-            seconds[name].append(time.perf_counter() - t0)
-            if memory.mib() is not None:
-                peak[name] = round(max(peak.get(name, 0), memory.mib()), 1)
-    # Medians over rounds: a burst of load from elsewhere on a shared machine spoils one round, not the figure.
+    for name in interleaved(models, rounds):
+        memory.start()
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step(name)
+        _sync(device)
+        seconds[name].append(time.perf_counter() - t0)
+        used = memory.mib()
+        if used is not None:
+            peak[name] = round(max(peak.get(name, 0), used), 1)
     ips = {k: statistics.median(steps * b / t for t in ts) for k, ts in seconds.items()}
     ratios = [d / lib for lib, d in zip(seconds["lib_cfg"], seconds["diffusers"])]
     return {"size": f"{count_parameters(models['lib_cfg']) / 1e6:.2f}M vs {count_parameters(models['diffusers']) / 1e6:.2f}M",
@@ -198,13 +206,11 @@ def cfg_speed(config, n: int = 16, steps: int = 10, rounds: int = 4) -> dict:
     for fn in fns.values():  # warm-up
         fn(x, torch.full((n,), 500, device=device))
     times = {k: [] for k in fns}
-    for i in range(rounds):  # interleaved, alternating who goes first; medians (see train_speed)
-        for name in (list(fns) if i % 2 == 0 else list(fns)[::-1]):
-            times[name].append(timed(fns[name]))
-    ratios = [two / one for one, two in zip(times["batched"], times["two_passes"])]
+    for name in interleaved(fns, rounds):
+        times[name].append(timed(fns[name]))
     return {"s_per_image_step_batched": statistics.median(times["batched"]),
             "s_per_image_step_two_passes": statistics.median(times["two_passes"]),
-            "speedup": round(statistics.median(ratios), 3)}
+            "speedup": round(statistics.median(t / b for b, t in zip(times["batched"], times["two_passes"])), 3)}
 
 
 BAR = {"color": 0.95, "shape": 0.85}  # the core issue's adherence bar at s = 3

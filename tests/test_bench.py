@@ -18,6 +18,11 @@ def test_diffusers_twin_has_the_same_size(preset, text_dim):
     assert abs(theirs - ours) / ours < 0.02, (ours, theirs)
 
 
+def test_interleaved_rounds_alternate_who_goes_first():
+    assert list(bench.interleaved({"lib_cfg": 0, "diffusers": 0}, 3)) == [
+        "lib_cfg", "diffusers", "diffusers", "lib_cfg", "lib_cfg", "diffusers"]
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="peak RSS reset needs Linux")
 def test_peak_memory_sees_what_was_allocated_in_between():
     memory = bench.PeakMemory("cpu")
