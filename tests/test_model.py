@@ -101,3 +101,21 @@ def test_attention_kernels_agree_with_sdpa_with_and_without_mask():
     v2 = v.clone()
     v2[0, ..., 2] = 100.0
     torch.testing.assert_close(attention_matmul(q, k, v2, mask), attention_matmul(q, k, v, mask))
+
+
+@pytest.mark.parametrize("channels,size", [(4, 1), (8, 5), (16, 8)])
+def test_upsample_equals_nearest_doubling_then_conv(channels, size):
+    from lib_cfg.model import Upsample
+
+    torch.manual_seed(0)
+    up = Upsample(channels).double()
+    x = torch.randn(2, channels, size, size, dtype=torch.float64, requires_grad=True)
+    reference = up.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+    out = up(x)
+    assert out.shape == (2, channels, 2 * size, 2 * size)
+    torch.testing.assert_close(out, reference, rtol=0, atol=1e-12)
+    g = torch.randn_like(out)  # and the same gradients for the input and the 3x3 weights
+    grads = torch.autograd.grad(out, (x, up.conv.weight, up.conv.bias), g)
+    grads_ref = torch.autograd.grad(reference, (x, up.conv.weight, up.conv.bias), g)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
