@@ -138,10 +138,18 @@ def rescale_guidance(eps: torch.Tensor, eps_cond: torch.Tensor, phi: float) -> t
     return phi * rescaled + (1 - phi) * eps
 
 
+def cfg_eps(model, x_t: torch.Tensor, t: torch.Tensor, text_embeddings: torch.Tensor,
+            guidance_scale: float) -> torch.Tensor:
+    """Classifier-free guidance as the lesson writes it: two forward passes, then the mix. All [N x C x H x W]."""
+    eps_uncond = model(x_t, t, None)  # None: the learned null embedding, "no caption"
+    eps_cond = model(x_t, t, text_embeddings)
+    return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+
 def guided_eps(model, x_t: torch.Tensor, t: torch.Tensor, text_embeddings: Optional[torch.Tensor],
                guidance_scale: float, negative_embeddings: Optional[torch.Tensor] = None,
                guidance_rescale: float = 0.0) -> torch.Tensor:
-    """Classifier-free guidance: eps = eps_uncond + s * (eps_cond - eps_uncond).
+    """Classifier-free guidance, the library's version of `cfg_eps`: eps = eps_uncond + s * (eps_cond - eps_uncond).
 
     x_t: [N x C x H x W], t: [N], text_embeddings: [N x D] or tokens [N x L x D] (None: unconditional).
     Both predictions come from one batched forward pass of 2N rows. s = 0 and s = 1 need only

@@ -179,6 +179,27 @@ def diversity(images: torch.Tensor, groups: List[int]) -> float:
     return float(torch.stack(values).mean()) if values else 0.0
 
 
+def layout(images: torch.Tensor) -> torch.Tensor:
+    """Where the object is and how big: images [N x 3 x H x W] in [-1, 1] on black -> [N x 3] (centre x,
+    centre y, size = square root of the lit area), in pixels. An image with nothing lit gives NaNs."""
+    x = (images.detach().float().cpu().clamp(-1, 1) + 1) / 2
+    lit = (x.max(dim=1).values > 0.3).float()  # [N x H x W]: the object, not the black background
+    area = lit.sum(dim=(1, 2))
+    ys, xs = torch.meshgrid(torch.arange(x.shape[2]).float(), torch.arange(x.shape[3]).float(), indexing="ij")
+    cx, cy = (lit * xs).sum(dim=(1, 2)) / area, (lit * ys).sum(dim=(1, 2)) / area
+    return torch.stack([cx, cy, area.sqrt()], dim=1).where(area[:, None] > 0, torch.tensor(float("nan")))
+
+
+def layout_variety(images: torch.Tensor, groups: List[int]) -> float:
+    """Variety within a prompt that does not count colour or shape: the standard deviation of the object's
+    centre x, centre y and size (`layout`) among images of one group (prompt), averaged over the three and
+    over the groups, in pixels. 0: every sample of a prompt puts the same-sized object in the same place."""
+    where, g = layout(images), torch.tensor(groups)
+    found = ~where.isnan().any(dim=1)  # images with nothing drawn have no position
+    values = [where[(g == k) & found].std(dim=0).mean() for k in g.unique() if ((g == k) & found).sum() > 1]
+    return float(torch.stack(values).mean()) if values else 0.0
+
+
 def saturation_stats(images: torch.Tensor) -> Dict[str, float]:
     """How saturated / over-exposed images [N x 3 x H x W] in [-1, 1] are (large guidance pushes both up),
     over the lit pixels (max channel > 0.3; the black background does not count):

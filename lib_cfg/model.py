@@ -190,20 +190,7 @@ class UNetModel(nn.Module):
         time_embed_dim = 4 * model_channels
         self.time_embed = nn.Sequential(nn.Linear(model_channels, time_embed_dim), nn.SiLU(),
                                         nn.Linear(time_embed_dim, time_embed_dim))
-        context_dim = None
-        if conditioning == "cross_attention":  # the tokens go to the attention blocks, not into emb
-            context_dim = text_embed_dim
-            # "No caption" is a learned token sequence (all positions used).
-            self.null_text_embed = nn.Parameter(torch.randn(1, max_text_tokens, text_embed_dim) * 0.02)
-        else:
-            # The lesson's linear modulation: text -> the same space as the time embedding, then added.
-            self.text_proj = nn.Sequential(nn.Linear(text_embed_dim, time_embed_dim), nn.SiLU(),
-                                           nn.Linear(time_embed_dim, time_embed_dim))
-            if conditioning == "concat":  # [time, text] -> emb: an MLP, so not only a sum of the two
-                self.cond_mix = nn.Sequential(nn.Linear(2 * time_embed_dim, time_embed_dim), nn.SiLU(),
-                                              nn.Linear(time_embed_dim, time_embed_dim))
-            # "No caption" is a learned vector, so the model learns what unconditional means.
-            self.null_text_embed = nn.Parameter(torch.randn(1, text_embed_dim) * 0.02)
+        context_dim = self.add_text_conditioning(text_embed_dim, time_embed_dim, max_text_tokens)
 
         self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(in_channels, model_channels, 3, padding=1))])
         skip_channels, ch, ds = [model_channels], model_channels, 1
@@ -234,37 +221,64 @@ class UNetModel(nn.Module):
                 self.output_blocks.append(EmbedSequential(*layers))
         self.out = nn.Sequential(norm(ch), nn.SiLU(), zero_init(nn.Conv2d(ch, out_channels, 3, padding=1)))
 
+    def add_text_conditioning(self, text_embed_dim: int, time_embed_dim: int, max_text_tokens: int):
+        """The lesson's change to `__init__`: the layers that bring the caption in, and the learned null
+        embedding that stands for "no caption". Returns the context width the attention blocks need
+        (the text width for cross-attention, None otherwise)."""
+        if self.conditioning == "cross_attention":  # the tokens go to the attention blocks, not into emb
+            # "No caption" is a learned token sequence (all positions used).
+            self.null_text_embed = nn.Parameter(torch.randn(1, max_text_tokens, text_embed_dim) * 0.02)
+            return text_embed_dim
+        # Linear modulation: text -> the same space as the time embedding, then added to it.
+        self.text_proj = nn.Sequential(nn.Linear(text_embed_dim, time_embed_dim), nn.SiLU(),
+                                       nn.Linear(time_embed_dim, time_embed_dim))
+        if self.conditioning == "concat":  # [time, text] -> emb: an MLP, so not only a sum of the two
+            self.cond_mix = nn.Sequential(nn.Linear(2 * time_embed_dim, time_embed_dim), nn.SiLU(),
+                                          nn.Linear(time_embed_dim, time_embed_dim))
+        # "No caption" is a learned vector, so the model learns what unconditional means.
+        self.null_text_embed = nn.Parameter(torch.randn(1, text_embed_dim) * 0.02)
+        return None
+
+    def swap_in_null(self, text_embeddings: Optional[torch.Tensor], n: int, p_uncond: float = 0.0,
+                     uncond_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The caption embeddings with some rows replaced by the learned null embedding (classifier-free dropout).
+
+        text_embeddings: [N x D] ([N x L x D] tokens for cross-attention), or None: every row null;
+        p_uncond: in training mode, each row is replaced with this probability;
+        uncond_mask: [N] bool, rows to replace (CFG sampling asks for its unconditional half this way).
+        """
+        null = self.null_text_embed.expand(n, *self.null_text_embed.shape[1:])
+        if text_embeddings is None:
+            return null
+        drop = torch.zeros(n, dtype=torch.bool, device=null.device) if uncond_mask is None else uncond_mask
+        if self.training and p_uncond > 0:
+            drop = drop | (torch.rand(n, device=null.device) < p_uncond)
+        # torch.where builds a new tensor: the caller's (cached) embeddings are never modified.
+        drop = drop.reshape(n, *([1] * (null.dim() - 1)))
+        return torch.where(drop, null.to(text_embeddings.dtype), text_embeddings)
+
+    def condition(self, t: torch.Tensor, text_embeddings: torch.Tensor, dtype: torch.dtype):
+        """t [N] and the (swapped) caption embeddings -> (emb [N x E], context).
+
+        emb (time, and for modulation / concat the text) reaches every ResBlock; context, the token
+        embeddings [N x L x D], reaches the attention blocks (cross-attention only, else None)."""
+        emb = self.time_embed(timestep_embedding(t, self.model_channels).to(dtype))
+        text_embeddings = text_embeddings.to(dtype)
+        if self.conditioning == "modulation":
+            return emb + self.text_proj(text_embeddings), None  # add the text embedding to the time embedding
+        if self.conditioning == "concat":
+            return self.cond_mix(torch.cat([emb, self.text_proj(text_embeddings)], dim=-1)), None
+        return emb, text_embeddings  # cross-attention: the tokens are read by the attention blocks
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, text_embeddings: Optional[torch.Tensor] = None,
                 p_uncond: float = 0.0, uncond_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Predict the noise in `x`.
 
-        x: [N x C x H x W] noisy images x_t; t: [N] integer timesteps;
-        text_embeddings: [N x D] caption embeddings ([N x L x D] tokens for cross-attention), or None for
-        all-null (unconditional);
-        p_uncond: in training mode, each row is replaced by the null embedding with this probability;
-        uncond_mask: [N] bool, rows to replace by the null embedding (any mode; used by CFG sampling).
-        Returns eps: [N x C x H x W].
+        x: [N x C x H x W] noisy images x_t; t: [N] integer timesteps; text_embeddings, p_uncond and
+        uncond_mask: see `swap_in_null` (None: all rows unconditional). Returns eps: [N x C x H x W].
         """
-        n = x.shape[0]
-        null = self.null_text_embed.to(x.dtype).expand(n, *self.null_text_embed.shape[1:])
-        if text_embeddings is None:
-            text_embeddings = null
-        else:
-            drop = torch.zeros(n, dtype=torch.bool, device=x.device) if uncond_mask is None else uncond_mask
-            if self.training and p_uncond > 0:
-                drop = drop | (torch.rand(n, device=x.device) < p_uncond)
-            # torch.where builds a new tensor: the caller's embeddings are never modified.
-            drop = drop.reshape(n, *([1] * (null.dim() - 1)))
-            text_embeddings = torch.where(drop, null, text_embeddings.to(x.dtype))
-        emb = self.time_embed(timestep_embedding(t, self.model_channels).to(x.dtype))
-        context = None
-        if self.conditioning == "modulation":
-            emb = emb + self.text_proj(text_embeddings)  # add the text embedding to the time embedding
-        elif self.conditioning == "concat":
-            emb = self.cond_mix(torch.cat([emb, self.text_proj(text_embeddings)], dim=-1))
-        else:
-            context = text_embeddings  # [N x L x D], read by the attention blocks
-
+        text_embeddings = self.swap_in_null(text_embeddings, x.shape[0], p_uncond, uncond_mask)
+        emb, context = self.condition(t, text_embeddings, x.dtype)
         hs, h = [], x
         for module in self.input_blocks:
             h = module(h, emb, context)
@@ -273,7 +287,6 @@ class UNetModel(nn.Module):
         for module in self.output_blocks:
             h = module(torch.cat([h, hs.pop()], dim=1), emb, context)
         return self.out(h)
-
 
 def create_unet_model(config, device: Optional[str] = None, text_embed_dim: int = 384,
                       verbose: bool = True) -> UNetModel:

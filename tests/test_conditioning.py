@@ -87,3 +87,23 @@ def test_background_data_and_judge(data_dir):
     assert len(texts) == 90
     swapped = {(t["background"], t["color"], t["shape"]) for t in targets}
     assert all((t["color"], t["background"], t["shape"]) in swapped for t in targets)  # every twin is there
+
+
+def test_layout_finds_the_object_and_variety_counts_only_position_and_size():
+    from lib_cfg.evaluation import layout, layout_variety
+
+    def square(x0, y0, size, rgb=(1.0, -1.0, -1.0)):
+        img = -torch.ones(3, 16, 16)  # black
+        img[:, y0:y0 + size, x0:x0 + size] = torch.tensor(rgb)[:, None, None]
+        return img
+
+    where = layout(torch.stack([square(2, 4, 4), square(10, 0, 6), -torch.ones(3, 16, 16)]))
+    torch.testing.assert_close(where[0], torch.tensor([3.5, 5.5, 4.0]))  # centre x, centre y, sqrt(area)
+    torch.testing.assert_close(where[1], torch.tensor([12.5, 2.5, 6.0]))
+    assert where[2].isnan().all()  # nothing drawn: no position
+    # Same place and size, different colours: no layout variety (colour is not what it measures).
+    same = torch.stack([square(5, 5, 4, (1.0, -1.0, -1.0)), square(5, 5, 4, (-1.0, -1.0, 1.0))])
+    assert layout_variety(same, [0, 0]) == 0.0
+    moved = torch.stack([square(0, 0, 4), square(8, 8, 4), square(3, 3, 5), square(3, 3, 5)])
+    # Group 0 moves by 8 px in x and in y (sample std 8 / sqrt(2) each, size std 0); group 1 does not move.
+    assert layout_variety(moved, [0, 0, 1, 1]) == pytest.approx((2 * 8 / 2 ** 0.5 / 3 + 0) / 2, rel=1e-5)

@@ -102,3 +102,26 @@ def test_options_are_checked(model):
     with pytest.raises(ValueError, match="guidance_rescale"):
         sample(model, torch.zeros(1, 12), DDIMSampler(create_noise_schedule(T)), 3.0, 2, shape=(1, 3, 8, 8),
                guidance_rescale=1.5, progress=False)
+
+
+@pytest.mark.parametrize("s", [0.0, 0.5, 1.0, 3.0, 7.5, -1.0])
+def test_cfg_eps_is_the_lesson_formula_and_matches_diffusers_guider_and_guided_eps(model, s):
+    """cfg_eps (two passes, as notebook 04 shows it) = eps_uncond + s (eps_cond - eps_uncond), which is
+    diffusers' ClassifierFreeGuidance with its default formulation (Ho & Salimans' w is s - 1:
+    use_original_formulation=True computes eps_cond + w (eps_cond - eps_uncond)); guided_eps (one batched
+    pass) gives the same up to rounding."""
+    from diffusers.guiders import ClassifierFreeGuidance
+
+    from lib_cfg.diffusion import cfg_eps
+
+    g = torch.Generator().manual_seed(1)
+    x, te, t = torch.randn(3, 3, 8, 8, generator=g), torch.randn(3, 12, generator=g), torch.tensor([5, 400, 999])
+    with torch.no_grad():
+        uncond, cond = model(x, t, None), model(x, t, te)
+        ours = cfg_eps(model, x, t, te, s)
+        assert torch.equal(ours, uncond + s * (cond - uncond))
+        reference = ClassifierFreeGuidance(guidance_scale=s).forward(cond, uncond).pred
+        original = ClassifierFreeGuidance(guidance_scale=s - 1, use_original_formulation=True).forward(cond, uncond).pred
+        torch.testing.assert_close(ours, reference, rtol=0, atol=1e-6 * (1 + abs(s)))
+        torch.testing.assert_close(ours, original, rtol=0, atol=1e-6 * (1 + abs(s)))
+        torch.testing.assert_close(guided_eps(model, x, t, te, s), ours, rtol=0, atol=1e-5 * (1 + abs(s)))
