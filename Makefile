@@ -33,10 +33,11 @@ test: .venv/.installed
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 LIB_CFG_PRESET=ci \
 		$(PY) -m pytest -q -p no:cacheprovider tests notebooks --nbval-lax --nbval-cell-timeout=600 --durations=10
 
-# Rebuild the notebooks from tools/build_notebooks.py and store them executed on the `quick` preset.
-# 03 runs first: it trains the model the others load (delete checkpoints/quick to see it train).
+# Execute the notebooks top to bottom on the `quick` preset and store them with their outputs (03 first, so
+# its stored outputs show the training; delete checkpoints/quick-course and checkpoints/compare-bg-* to retrain).
+# Each notebooks/NN_*.py is the source of its .ipynb (jupytext): sync them first, in case one was edited alone.
 notebooks: .venv/.installed
-	$(PY) tools/build_notebooks.py
+	$(PY) -m jupytext --sync notebooks/[0-9][0-9]_*.ipynb
 	for nb in notebooks/03_*.ipynb notebooks/01_*.ipynb notebooks/02_*.ipynb notebooks/04_*.ipynb notebooks/05_*.ipynb; do \
 		HF_HUB_OFFLINE=1 LIB_CFG_PRESET=quick $(PY) -m jupyter nbconvert --to notebook --execute --inplace \
 			--ExecutePreprocessor.timeout=1800 "$$nb" || exit 1; done
@@ -54,4 +55,4 @@ gpu-prep: .venv/.installed
 	$(PY) -c "from lib_cfg.bench import prepare_text_cache; prepare_text_cache()"
 
 clean-generated:
-	rm -rf data/synthetic-* data/text_cache checkpoints/quick checkpoints/ci samples
+	rm -rf data/synthetic-* data/text_cache checkpoints/quick checkpoints/quick-course checkpoints/ci checkpoints/compare-bg-* samples
