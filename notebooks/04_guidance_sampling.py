@@ -161,7 +161,7 @@ print(f"layout variety: s=0 {variety['0']:.2f} px -> s=1 {variety['1']:.2f} -> s
 # %% [markdown]
 # Read the two tables from the top. In the stored run (the `quick` model after 600 steps):
 #
-# - **Adherence** (`all`) climbs from 14% at $s = 0$ (near chance: the prompt is ignored) to 54% at
+# - **Adherence** (`all`) climbs from 14% at $s = 0$ (the unconditional model, which ignores the prompt) to 54% at
 #   $s = 1$ and 86% at $s = 3$, where it meets the bar; past that it gains little (93% at $s = 5$,
 #   92% at $s = 7.5$). The conditional model alone ($s = 1$) is not enough here: guidance is doing work.
 # - **Variety within a prompt** stays flat, about 1.5 px, up to $s = 1.5$, then falls: 1.22 px at

@@ -325,7 +325,7 @@ for name, verdicts in [("null prompt", plain), ("with negative 'red circle'", ne
     shares[name] = counts
     top, k = counts.most_common(1)[0]
     print(f"{name:>28}: red {counts['red'] / n:5.1%}, circles {sum(v['shape'] == 'circle' for v in verdicts) / n:5.1%}; "
-          f"most common colour {top} ({k} of {n}); colours used: {len(counts)}", dict(counts))
+          f"most common colour {top} ({k} of {n}); colours used: {len([c for c in counts if c])}", dict(counts))
 
 # %%
 red_plain, red_negative = shares["null prompt"]["red"] / n, shares["with negative 'red circle'"]["red"] / n
@@ -345,7 +345,7 @@ print(f"red: {red_plain:.1%} -> {red_negative:.1%}")
 #
 # - Pooled text (modulation, concat) hardly says which named colour belongs to the object: the swapped
 #   twins have nearly the same embedding. Token-level cross-attention can, at the cost in parameters
-#   and step time the table shows, and guidance is what turns that into images.
+#   the table shows, and guidance is what turns that into images.
 # - The validation loss was nearly the same for all three: it does not measure prompt-following.
 # - At large guidance, measure before fixing: here $s = 10$ clipped more but did not over-saturate,
 #   and each fix changed some measures for the better and others for the worse.
@@ -360,7 +360,7 @@ print(f"red: {red_plain:.1%} -> {red_negative:.1%}")
 # 2. **Guidance and binding.** Sweep the cross-attention model over $s \in \{0, 1, 2, 3, 5\}$ with
 #    `adherence_sweep(..., backgrounds=True)`. *Check:* plot `binding` against $s$; at which $s$ does it pass 50%?
 # 3. **The knobs of the fixes.** Repeat the large-guidance table with `guidance_rescale` 0.3 and 1.0, and
-#    with the interval `(0, 1000)`. *Check:* the interval `(0, 1000)` must give the plain $s = 10$ row
+#    with the interval `(0, 1000)`, and with `dynamic_thresholding_ratio` 0.9 and 0.999. *Check:* the interval `(0, 1000)` must give the plain $s = 10$ row
 #    exactly (it guides everywhere): does it?
 # 4. **A negative prompt with a prompt.** Sample "a red square on a black background" with the negative
 #    prompt "a red circle on a black background". *Check:* judge the shapes: do circles drop while the
