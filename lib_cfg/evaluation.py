@@ -18,9 +18,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from .plotting import to_numpy_images, to_unit
 from .synthetic import ATTRIBUTES, BG_DIM, COLORS, SHAPES, all_prompts, caption, draw_shape
 
 _PALETTE = np.array(list(COLORS.values()), dtype=np.float32) / 255.0
+LIT = 0.3  # a pixel whose brightest channel (in [0, 1]) exceeds this belongs to the object, not the black background
 
 
 def _template(shape: str, box, resolution: int, ss: int = 4) -> np.ndarray:
@@ -32,7 +34,7 @@ def _template(shape: str, box, resolution: int, ss: int = 4) -> np.ndarray:
 def judge_image(image: np.ndarray) -> Dict[str, Optional[str]]:
     """image: [H x W x 3] float in [0, 1] -> {"color": name or None, "shape": name or None}."""
     brightness = image.max(axis=-1)
-    fg = brightness > 0.3
+    fg = brightness > LIT
     if fg.sum() < 3:
         return {"color": None, "shape": None}  # nothing drawn: every attribute is missing
     core = brightness > 0.6 * brightness[fg].max()
@@ -65,7 +67,7 @@ def judge_image_on_background(image: np.ndarray) -> Dict[str, Optional[str]]:
 
 def judge(images: torch.Tensor, backgrounds: bool = False) -> List[Dict[str, Optional[str]]]:
     """images: [N x 3 x H x W] in [-1, 1] -> one {"color", "shape"} (+ "background") verdict per image."""
-    arr = ((images.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+    arr = to_numpy_images(images)
     return [judge_image_on_background(a) if backgrounds else judge_image(a) for a in arr]
 
 
@@ -182,8 +184,8 @@ def diversity(images: torch.Tensor, groups: List[int]) -> float:
 def layout(images: torch.Tensor) -> torch.Tensor:
     """Where the object is and how big: images [N x 3 x H x W] in [-1, 1] on black -> [N x 3] (centre x,
     centre y, size = square root of the lit area), in pixels. An image with nothing lit gives NaNs."""
-    x = (images.detach().float().cpu().clamp(-1, 1) + 1) / 2
-    lit = (x.max(dim=1).values > 0.3).float()  # [N x H x W]: the object, not the black background
+    x = to_unit(images)
+    lit = (x.max(dim=1).values > LIT).float()  # [N x H x W]: the object, not the black background
     area = lit.sum(dim=(1, 2))
     ys, xs = torch.meshgrid(torch.arange(x.shape[2]).float(), torch.arange(x.shape[3]).float(), indexing="ij")
     cx, cy = (lit * xs).sum(dim=(1, 2)) / area, (lit * ys).sum(dim=(1, 2)) / area
@@ -202,12 +204,12 @@ def layout_variety(images: torch.Tensor, groups: List[int]) -> float:
 
 def saturation_stats(images: torch.Tensor) -> Dict[str, float]:
     """How saturated / over-exposed images [N x 3 x H x W] in [-1, 1] are (large guidance pushes both up),
-    over the lit pixels (max channel > 0.3; the black background does not count):
+    over the lit pixels (max channel > LIT; the black background does not count):
     "clipped": share of their channel values pinned at an end of the range (< 1% or > 99%);
     "saturation": their mean HSV saturation, (max - min) / max."""
-    x = (images.detach().float().cpu().clamp(-1, 1) + 1) / 2  # [0, 1]
+    x = to_unit(images)
     hi, lo = x.max(dim=1).values, x.min(dim=1).values  # [N x H x W]
-    lit = hi > 0.3
+    lit = hi > LIT
     if not lit.any():
         return {"clipped": 0.0, "saturation": 0.0}
     channels = x.permute(0, 2, 3, 1)[lit]  # [lit pixels x 3]

@@ -288,6 +288,7 @@ class UNetModel(nn.Module):
             h = module(torch.cat([h, hs.pop()], dim=1), emb, context)
         return self.out(h)
 
+
 def create_unet_model(config, device: Optional[str] = None, text_embed_dim: int = 384,
                       verbose: bool = True) -> UNetModel:
     """The UNet described by `config` on `device` (default: the config's, resolved)."""

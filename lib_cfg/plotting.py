@@ -16,9 +16,14 @@ def _figure():
     return plt
 
 
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """[N x 3 x H x W] in [-1, 1] -> the same in [0, 1], float32 on the CPU (what figures and judges read)."""
+    return (images.detach().float().cpu().clamp(-1, 1) + 1) / 2
+
+
 def to_numpy_images(images: torch.Tensor):
     """[N x 3 x H x W] in [-1, 1] -> [N x H x W x 3] floats in [0, 1]."""
-    return ((images.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+    return to_unit(images).permute(0, 2, 3, 1).numpy()
 
 
 def image_grid_figure(images: torch.Tensor, titles: Optional[Sequence[str]] = None, ncols: Optional[int] = None,

@@ -35,14 +35,18 @@ def test_pair_in_sync(path):
         "(or edit in Jupyter, which saves both)")
 
 
+def _parse(code: str) -> ast.Module:
+    """A code cell as Python (IPython magics such as %%time dropped)."""
+    return ast.parse("\n".join(l for l in code.splitlines() if not l.lstrip().startswith("%")))
+
+
 def _imports(nb):
     """{name: object} for every `from lib_cfg... import name` in the notebook's code cells."""
     names = {}
     for cell in nb["cells"]:
         if cell["cell_type"] != "code":
             continue
-        code = "".join(cell["source"])
-        for node in ast.walk(ast.parse("\n".join(l for l in code.splitlines() if not l.lstrip().startswith("%")))):
+        for node in ast.walk(_parse("".join(cell["source"]))):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lib_cfg"):
                 module = importlib.import_module(node.module)
                 for alias in node.names:
@@ -59,8 +63,7 @@ def _resolve(expr: ast.expr, names):
 
 
 def _show_calls(code: str):
-    tree = ast.parse("\n".join(l for l in code.splitlines() if not l.lstrip().startswith("%")))
-    return [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "show"]
+    return [n for n in ast.walk(_parse(code)) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "show"]
 
 
 def _stdout(cell) -> str:
