@@ -21,7 +21,8 @@ from typing import Dict, Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import TrainingConfig
+from .config import MODEL_FIELDS, TrainingConfig
+from .model import create_unet_model
 
 FORMAT = "lib_cfg-checkpoint-v1"
 
@@ -128,12 +129,6 @@ def load_trainer_state(path: str) -> Dict:
     return state
 
 
-# Fields that fix the network's shape or meaning: a checkpoint only fits a config that agrees on all of them.
-MODEL_FIELDS = ("resolution", "model_channels", "channel_mult", "num_res_blocks", "attention_resolutions",
-                "num_heads", "text_encoder", "num_denoising_steps", "beta_start", "beta_end", "conditioning",
-                "max_text_tokens")
-
-
 def check_compatible(saved: TrainingConfig, config: TrainingConfig, path: str) -> None:
     """Refuse a checkpoint whose model-defining fields differ from `config`, naming each difference."""
     diff = {f: (getattr(saved, f), getattr(config, f)) for f in MODEL_FIELDS if getattr(saved, f) != getattr(config, f)}
@@ -164,8 +159,6 @@ def load_weights(path: str, ema: bool = True) -> Dict[str, torch.Tensor]:
 
 def load_model(path: str, device: Optional[str] = None, ema: bool = True):
     """(model in eval mode, config) from a checkpoint."""
-    from .model import create_unet_model
-
     config = load_config(path)
     state = load_trainer_state(path)
     model = create_unet_model(config, device, text_embed_dim=state["text_embed_dim"], verbose=False)

