@@ -17,7 +17,9 @@ from typing import Dict, Iterable, List, Optional
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
 
+from .diffusion import randn, sample
 from .plotting import to_numpy_images, to_unit
 from .synthetic import ATTRIBUTES, BG_DIM, COLORS, SHAPES, all_prompts, caption, draw_shape
 
@@ -31,44 +33,32 @@ def _template(shape: str, box, resolution: int, ss: int = 4) -> np.ndarray:
     return np.asarray(img.resize((resolution, resolution), Image.BOX), dtype=np.float32) / 255.0
 
 
-def judge_image(image: np.ndarray) -> Dict[str, Optional[str]]:
-    """image: [H x W x 3] float in [0, 1] -> {"color": name or None, "shape": name or None}."""
-    brightness = image.max(axis=-1)
-    fg = brightness > LIT
+def judge_image(image: np.ndarray, on_background: bool = False) -> Dict[str, Optional[str]]:
+    """image: [H x W x 3] float in [0, 1] -> {"color": name or None, "shape": name or None}, and with
+    on_background also "background" (the background colour's name)."""
+    verdict = {}
+    if on_background:  # the background is the median border colour; the object, what lies far from it
+        bg = np.median(np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]), axis=0)
+        verdict["background"] = list(COLORS)[int(((_PALETTE * BG_DIM - bg) ** 2).sum(axis=1).argmin())]
+        distance, lit = np.sqrt(((image - bg) ** 2).sum(axis=-1)), 0.25
+    else:  # on black, a pixel's distance from the background is its brightest channel
+        distance, lit = image.max(axis=-1), LIT
+    fg = distance > lit
     if fg.sum() < 3:
-        return {"color": None, "shape": None}  # nothing drawn: every attribute is missing
-    core = brightness > 0.6 * brightness[fg].max()
-    mean = image[core].mean(axis=0)
-    color = list(COLORS)[int(((_PALETTE - mean) ** 2).sum(axis=1).argmin())]
-    ys, xs = np.nonzero(brightness > 0.5 * brightness[fg].max())
-    box = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
-    soft = np.clip(brightness / max(float(brightness[core].mean()), 1e-3), 0, 1)
-    errors = [np.abs(soft - _template(s, box, image.shape[0])).mean() for s in SHAPES]
-    return {"color": color, "shape": SHAPES[int(np.argmin(errors))]}
-
-
-def judge_image_on_background(image: np.ndarray) -> Dict[str, Optional[str]]:
-    """image: [H x W x 3] in [0, 1] on a coloured background -> {"color", "shape", "background"}."""
-    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
-    bg = np.median(border, axis=0)
-    background = list(COLORS)[int(((_PALETTE * BG_DIM - bg) ** 2).sum(axis=1).argmin())]
-    distance = np.sqrt(((image - bg) ** 2).sum(axis=-1))  # how far each pixel is from the background
-    fg = distance > 0.25
-    if fg.sum() < 3:
-        return {"color": None, "shape": None, "background": background}
+        return {"color": None, "shape": None, **verdict}  # nothing drawn: every attribute is missing
     core = distance > 0.6 * distance[fg].max()
     color = list(COLORS)[int(((_PALETTE - image[core].mean(axis=0)) ** 2).sum(axis=1).argmin())]
     ys, xs = np.nonzero(distance > 0.5 * distance[fg].max())
     box = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
     soft = np.clip(distance / max(float(distance[core].mean()), 1e-3), 0, 1)
     errors = [np.abs(soft - _template(s, box, image.shape[0])).mean() for s in SHAPES]
-    return {"color": color, "shape": SHAPES[int(np.argmin(errors))], "background": background}
+    return {"color": color, "shape": SHAPES[int(np.argmin(errors))], **verdict}
 
 
 def judge(images: torch.Tensor, backgrounds: bool = False) -> List[Dict[str, Optional[str]]]:
     """images: [N x 3 x H x W] in [-1, 1] -> one {"color", "shape"} (+ "background") verdict per image."""
     arr = to_numpy_images(images)
-    return [judge_image_on_background(a) if backgrounds else judge_image(a) for a in arr]
+    return [judge_image(a, backgrounds) for a in arr]
 
 
 def attribute_accuracy(verdicts: List[Dict], targets: List[Dict[str, str]]) -> Dict[str, float]:
@@ -115,10 +105,6 @@ def sweep(generate, scales: Iterable[float], n_per_prompt: int, resolution: int,
     rows: a slice into the evaluation prompts; x_T: the starting noise of those rows. The same noise
     is used at every scale, so scales differ only by guidance. Returns {"<scale>": {"color", "shape", "all"}}.
     """
-    from tqdm.auto import tqdm
-
-    from .diffusion import randn
-
     texts, targets = evaluation_prompts(n_per_prompt, backgrounds)
     noise = randn((len(texts), 3, resolution, resolution), torch.Generator().manual_seed(seed), device)
     results = {}
@@ -138,8 +124,6 @@ def adherence_sweep(model, embed, scales: Iterable[float], sampler, n_per_prompt
     backgrounds: the coloured-background prompts and judge (a model trained on "synthetic-shapes-bg").
     guidance: more options for `sample` (guidance_rescale, guidance_interval).
     """
-    from .diffusion import sample
-
     device = next(model.parameters()).device
     texts, _ = evaluation_prompts(n_per_prompt, backgrounds)
     cond = embed(texts).to(device)
