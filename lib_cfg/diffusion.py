@@ -30,6 +30,12 @@ def create_noise_schedule(n_T: int = 1000, device: str = "cpu", beta_start: floa
     return {k: v.to(device) for k, v in schedule.items()}
 
 
+def noise_schedule_for(config, device: str = "cpu") -> Dict[str, torch.Tensor]:
+    """The schedule a TrainingConfig describes (num_denoising_steps, beta_start, beta_end): the one way
+    training, sampling and benchmarks build it, so none can drop a field."""
+    return create_noise_schedule(config.num_denoising_steps, device, config.beta_start, config.beta_end)
+
+
 def _at(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """values[t] shaped [N x 1 x 1 x 1] to broadcast against x [N x C x H x W]."""
     return values.to(x.device)[t].to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))

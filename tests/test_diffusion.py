@@ -3,7 +3,9 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from lib_cfg.diffusion import DDIMSampler, DDPMSampler, add_noise, create_noise_schedule, forward_diffusion, guided_eps, sample
+from lib_cfg.config import get_preset
+from lib_cfg.diffusion import (DDIMSampler, DDPMSampler, add_noise, create_noise_schedule, forward_diffusion, guided_eps,
+                               noise_schedule_for, sample)
 from lib_cfg.model import UNetModel
 
 T = 1000
@@ -26,6 +28,15 @@ def test_schedule_matches_diffusers():
     torch.testing.assert_close(ours["betas"], ref.betas, rtol=0, atol=1e-7)
     torch.testing.assert_close(ours["alphas_cumprod"], ref.alphas_cumprod, rtol=1e-5, atol=1e-7)
     assert ours["betas"][0].item() == pytest.approx(1e-4) and ours["betas"][-1].item() == pytest.approx(0.02)
+
+
+def test_the_schedule_a_config_describes_keeps_every_field():
+    # Training, sampling and the benchmarks all build it this way, so a preset's betas reach each of them.
+    config = get_preset("ci", num_denoising_steps=500, beta_start=2e-4, beta_end=0.03)
+    ref = DDPMScheduler(num_train_timesteps=500, beta_start=2e-4, beta_end=0.03, beta_schedule="linear")
+    ours = noise_schedule_for(config)
+    assert len(ours["betas"]) == 500
+    torch.testing.assert_close(ours["alphas_cumprod"], ref.alphas_cumprod, rtol=1e-5, atol=1e-7)
 
 
 def test_add_noise_matches_diffusers():

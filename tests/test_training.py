@@ -3,7 +3,7 @@
 from lib_cfg.checkpoint import load_model
 from lib_cfg.config import get_preset
 from lib_cfg.data import load_data
-from lib_cfg.diffusion import DDIMSampler, create_noise_schedule
+from lib_cfg.diffusion import DDIMSampler, create_noise_schedule, noise_schedule_for
 from lib_cfg.evaluation import adherence_sweep, chance_accuracy, judge_accuracy
 from lib_cfg.text_encoder import EmbeddingCache
 
@@ -26,7 +26,7 @@ def test_ci_training_loss_falls(ci_run):
 def test_ci_model_follows_colour_with_guidance(ci_run, encoder):
     config, _, ckpt = ci_run
     model, _ = load_model(ckpt, "cpu")
-    sampler = DDIMSampler(create_noise_schedule(config.num_denoising_steps))
+    sampler = DDIMSampler(noise_schedule_for(config))
     acc = adherence_sweep(model, EmbeddingCache(encoder), [0, 3], sampler, n_per_prompt=3,
                           num_inference_steps=config.num_inference_steps, progress=False)
     chance = chance_accuracy()["color"]
