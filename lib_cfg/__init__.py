@@ -5,10 +5,10 @@ One job per module:
     synthetic     the offline captioned dataset (coloured shapes)
     data          load_data(config): synthetic, Hugging Face Hub, local image folder
     text_encoder  TextEncoder (CLIP or offline MiniLM) and EmbeddingCache
-    model         the UNet with text conditioning (text_proj, null_text_embed, p_uncond)
+    model         the UNet with text conditioning (text_proj, null_text_embed, uncond_mask)
     diffusion     noise schedule, add_noise, DDPM / DDIM steps, classifier-free guided sampling
     classifier    classifier guidance: a noise-aware classifier and the gradient-guided step
-    train         the training loop and run_training(config)
+    train         the training step and loop; build_training(config) and run_training(config)
     bookkeeping   callbacks: logs, validation, sample grids, checkpoints
     checkpoint    safetensors + JSON checkpoint folders, atomic, exactly resumable
     evaluation    the adherence judge and guidance-scale sweeps

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint
 from .diffusion import DDIMSampler, add_noise, sample
+from .plotting import save_image_grid
 
 
 class Callback:
@@ -162,7 +163,6 @@ class SampleGridCallback(Callback):
         self.last_path = None
 
     def __call__(self, ctx):
-        from .plotting import save_image_grid
 
         model = sampling_model(ctx)
         device = next(model.parameters()).device

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .diffusion import _at, add_noise, denoise
+from .evaluation import evaluation_prompts, sweep
 from .model import Downsample, ResBlock, norm, timestep_embedding
 from .synthetic import ATTRIBUTES
 
@@ -123,7 +124,6 @@ def classifier_adherence_sweep(model, classifier, scales: Iterable[float], sampl
                                n_per_prompt: int = 6, num_inference_steps: int = 50, seed: int = 0,
                                progress: bool = True) -> Dict[str, Dict[str, float]]:
     """Per-attribute accuracy of classifier-guided samples at each classifier scale (same format as CFG's)."""
-    from .evaluation import evaluation_prompts, sweep
 
     device = next(model.parameters()).device
     _, targets = evaluation_prompts(n_per_prompt)

@@ -17,9 +17,15 @@ import json
 import os
 import sys
 import typing
-from dataclasses import fields
+from dataclasses import fields, replace
 
+from .checkpoint import load_config, load_trainer_state
 from .config import PRESETS, SYNTHETIC_BG_DATASET, SYNTHETIC_DATASET, TrainingConfig, field_names, get_preset, preset_of
+from .evaluation import adherence_sweep, format_table
+from .plotting import guidance_grid_figure
+from .sampling import guidance_grid, load_pipeline
+from .synthetic import sample_prompts
+from .train import run_training
 
 DEFAULT_SCALES = [0.0, 1.0, 3.0, 5.0, 7.5]
 
@@ -61,11 +67,7 @@ def parse_overrides(rest):
 
 
 def cmd_train(args, overrides):
-    from .train import run_training
-
     if args.resume:  # the checkpoint's own config, with any fields given here (say a larger --max_steps)
-        from dataclasses import replace
-        from .checkpoint import load_config
         config = replace(load_config(args.resume), **overrides)
     else:
         config = get_preset(args.preset, **overrides)
@@ -88,9 +90,6 @@ def cmd_train(args, overrides):
 
 
 def cmd_sample(args, overrides):
-    from .plotting import guidance_grid_figure
-    from .sampling import guidance_grid, load_pipeline
-
     _describe(args.checkpoint)
     pipe = load_pipeline(args.checkpoint, args.device)
     prompts = args.prompt or _default_prompts(pipe.config)
@@ -107,9 +106,6 @@ def cmd_sample(args, overrides):
 
 
 def cmd_evaluate(args, overrides):
-    from .evaluation import adherence_sweep, format_table
-    from .sampling import load_pipeline
-
     pipe = load_pipeline(args.checkpoint, args.device)
     if pipe.config.dataset not in (SYNTHETIC_DATASET, SYNTHETIC_BG_DATASET):
         raise SystemExit(f"error: the adherence judge knows the synthetic shapes only; this checkpoint was trained "
@@ -128,14 +124,11 @@ def cmd_evaluate(args, overrides):
 
 
 def _default_prompts(config):
-    from .train import sample_prompts
-    return sample_prompts(config, None) if config.dataset == SYNTHETIC_DATASET else ["a photo of a cat"]
+    return sample_prompts(config.n_samples) if config.dataset == SYNTHETIC_DATASET else ["a photo of a cat"]
 
 
 def _describe(checkpoint):
     """Say what a checkpoint is before loading it (a lesson checkpoint needs CLIP, for instance)."""
-    from .checkpoint import load_config, load_trainer_state
-
     config, state = load_config(checkpoint), load_trainer_state(checkpoint)
     name = preset_of(config)
     what = {"lesson": "the `lesson` preset (CLIP ViT-L/14 text encoder, AFHQ captions, 32x32)",

@@ -9,6 +9,7 @@ Three sources, chosen by `config.dataset`:
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from typing import Tuple
@@ -18,6 +19,7 @@ import torch
 from PIL import Image
 
 from .config import SYNTHETIC_BG_DATASET, SYNTHETIC_DATASET, TrainingConfig
+from .synthetic import load_synthetic
 
 
 def to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
@@ -69,7 +71,7 @@ def _check_columns(ds, config: TrainingConfig, where: str) -> None:
 
 def _load_hf(config: TrainingConfig):
     """A `datasets.Dataset` for config.dataset, and words saying where it came from."""
-    import datasets
+    import datasets  # here, not at the top: only hub and folder sources need it, and it takes seconds to import
 
     path = config.dataset
     if os.path.isdir(path):
@@ -108,7 +110,7 @@ def _drop_unreadable_images(ds, image_column: str):
     good, bad = [], []
     for i, item in enumerate(raw):
         try:
-            with Image.open(item["path"] if item.get("path") else __import__("io").BytesIO(item["bytes"])) as im:
+            with Image.open(item["path"] if item.get("path") else io.BytesIO(item["bytes"])) as im:
                 im.load()  # decodes every pixel: catches truncated files that verify() lets through
             good.append(i)
         except Exception as e:  # PIL raises several types for broken files
@@ -129,7 +131,6 @@ def _warn_empty_captions(captions) -> None:
 def load_data(config: TrainingConfig, verbose: bool = True) -> Tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
     """(train_ds, val_ds) for `config.dataset`; the split is deterministic from config.seed."""
     if config.dataset in (SYNTHETIC_DATASET, SYNTHETIC_BG_DATASET):
-        from .synthetic import load_synthetic
         full = load_synthetic(config.synthetic_size, config.resolution, config.seed, config.data_dir, verbose,
                               backgrounds=config.dataset == SYNTHETIC_BG_DATASET)
     else:

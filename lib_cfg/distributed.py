@@ -16,6 +16,7 @@ from typing import Tuple
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,5 @@ def wrap(model: torch.nn.Module, shard: Shard) -> torch.nn.Module:
     """The model DDP keeps in sync across processes (the model itself for one process)."""
     if shard.world_size == 1:
         return model
-    from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model)

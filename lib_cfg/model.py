@@ -12,9 +12,9 @@ Three ways in for the text (`conditioning`), as the lesson lists them:
   look up the words it needs: the only mode that can tell "a red circle on blue" from "a blue
   circle on red", whose pooled embeddings are nearly equal.
 A learnable `null_text_embed` ([1 x D], or a null token sequence [1 x L x D]) stands for "no
-caption": in training it replaces a caption with probability `p_uncond` (classifier-free guidance
-dropout), and at sampling time it is asked for with `uncond_mask` (or `text_embeddings=None`).
-"""
+caption": `forward` swaps it in for the rows marked in `uncond_mask` (all rows when
+`text_embeddings=None`). In training those rows are drawn with probability `text_drop_prob` (the lesson's
+`p_uncond`: classifier-free dropout); in CFG sampling they are the unconditional half of the batch."""
 from __future__ import annotations
 
 import math
@@ -23,6 +23,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .config import resolve_device
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
@@ -239,23 +241,22 @@ class UNetModel(nn.Module):
         self.null_text_embed = nn.Parameter(torch.randn(1, text_embed_dim) * 0.02)
         return None
 
-    def swap_in_null(self, text_embeddings: Optional[torch.Tensor], n: int, p_uncond: float = 0.0,
+    def swap_in_null(self, text_embeddings: Optional[torch.Tensor], n: int,
                      uncond_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The caption embeddings with some rows replaced by the learned null embedding (classifier-free dropout).
+        """The caption embeddings with the rows in `uncond_mask` replaced by the learned null embedding.
 
         text_embeddings: [N x D] ([N x L x D] tokens for cross-attention), or None: every row null;
-        p_uncond: in training mode, each row is replaced with this probability;
-        uncond_mask: [N] bool, rows to replace (CFG sampling asks for its unconditional half this way).
+        uncond_mask: [N] bool, the rows that get "no caption": in training the classifier-free dropout
+        (drawn by `train.training_step`), in CFG sampling the unconditional half of the batch.
         """
         null = self.null_text_embed.expand(n, *self.null_text_embed.shape[1:])
         if text_embeddings is None:
             return null
-        drop = torch.zeros(n, dtype=torch.bool, device=null.device) if uncond_mask is None else uncond_mask
-        if self.training and p_uncond > 0:
-            drop = drop | (torch.rand(n, device=null.device) < p_uncond)
+        if uncond_mask is None:
+            return text_embeddings
         # torch.where builds a new tensor: the caller's (cached) embeddings are never modified.
-        drop = drop.reshape(n, *([1] * (null.dim() - 1)))
-        return torch.where(drop, null.to(text_embeddings.dtype), text_embeddings)
+        uncond_mask = uncond_mask.reshape(n, *([1] * (null.dim() - 1)))
+        return torch.where(uncond_mask, null.to(text_embeddings.dtype), text_embeddings)
 
     def condition(self, t: torch.Tensor, text_embeddings: torch.Tensor, dtype: torch.dtype):
         """t [N] and the (swapped) caption embeddings -> (emb [N x E], context).
@@ -271,13 +272,13 @@ class UNetModel(nn.Module):
         return emb, text_embeddings  # cross-attention: the tokens are read by the attention blocks
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, text_embeddings: Optional[torch.Tensor] = None,
-                p_uncond: float = 0.0, uncond_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                uncond_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Predict the noise in `x`.
 
-        x: [N x C x H x W] noisy images x_t; t: [N] integer timesteps; text_embeddings, p_uncond and
-        uncond_mask: see `swap_in_null` (None: all rows unconditional). Returns eps: [N x C x H x W].
+        x: [N x C x H x W] noisy images x_t; t: [N] integer timesteps; text_embeddings and uncond_mask:
+        see `swap_in_null` (None: all rows unconditional). Returns eps: [N x C x H x W].
         """
-        text_embeddings = self.swap_in_null(text_embeddings, x.shape[0], p_uncond, uncond_mask)
+        text_embeddings = self.swap_in_null(text_embeddings, x.shape[0], uncond_mask)
         emb, context = self.condition(t, text_embeddings, x.dtype)
         hs, h = [], x
         for module in self.input_blocks:
@@ -292,8 +293,6 @@ class UNetModel(nn.Module):
 def create_unet_model(config, device: Optional[str] = None, text_embed_dim: int = 384,
                       verbose: bool = True) -> UNetModel:
     """The UNet described by `config` on `device` (default: the config's, resolved)."""
-    from .config import resolve_device
-
     device = resolve_device(device or config.device)  # fail on an unavailable device before building anything
     model = UNetModel(model_channels=config.model_channels, num_res_blocks=config.num_res_blocks,
                       attention_resolutions=config.attention_resolutions, channel_mult=config.channel_mult,

@@ -5,8 +5,11 @@ import inspect
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
+from .checkpoint import load_trainer_state, resolve_checkpoint
 from .config import TrainingConfig, get_preset
+from .train import TrainingRun, build_training
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository (lib_cfg is installed editable)
 
@@ -40,22 +43,22 @@ def show(*objects) -> None:
 
 
 def is_finished(config: TrainingConfig) -> bool:
-    from .checkpoint import load_trainer_state, resolve_checkpoint
-
     try:
         return load_trainer_state(resolve_checkpoint(config.checkpoint_dir))["step"] >= config.max_steps
     except (FileNotFoundError, ValueError, KeyError):
         return False
 
 
-def ensure_trained(config: TrainingConfig, silent: bool = False) -> str:
-    """The finished checkpoint for `config`: loaded if it exists, otherwise trained now (resuming a partial one)."""
-    from .train import run_training
-
+def ensure_trained(config: TrainingConfig, run: Optional[TrainingRun] = None, silent: bool = False) -> str:
+    """The finished checkpoint for `config`: loaded if it exists, otherwise trained now: a partial run is
+    resumed, else `run` (a fresh `build_training(config)`, if the caller already has one) or a new build is trained."""
     if is_finished(config):
         print(f"using the trained model in {config.checkpoint_dir}")
-    else:
-        partial = os.path.exists(os.path.join(config.checkpoint_dir, "latest"))
-        print(f"no finished model in {config.checkpoint_dir}: training it now ({config.max_steps} steps)")
-        run_training(config, resume=config.checkpoint_dir if partial else None, silent=silent)
+        return config.checkpoint_dir
+    if os.path.exists(os.path.join(config.checkpoint_dir, "latest")):
+        run = build_training(config, resume=config.checkpoint_dir, silent=silent)
+    elif run is None or run.start_step or run.config != config:
+        run = build_training(config, silent=silent)
+    print(f"no finished model in {config.checkpoint_dir}: training steps {run.start_step + 1}-{config.max_steps} now")
+    run.train(silent)
     return config.checkpoint_dir

@@ -2,18 +2,16 @@
 from __future__ import annotations
 
 import os
+import sys
+import textwrap
 from typing import List, Optional, Sequence
 
+import matplotlib
 import torch
 
-
-def _figure():
-    import matplotlib
-
-    if os.environ.get("MPLBACKEND") is None and "ipykernel" not in __import__("sys").modules:
-        matplotlib.use("Agg")  # scripts and CI have no display
-    import matplotlib.pyplot as plt
-    return plt
+if os.environ.get("MPLBACKEND") is None and "ipykernel" not in sys.modules:
+    matplotlib.use("Agg")  # scripts and CI have no display (Jupyter keeps its inline backend)
+import matplotlib.pyplot as plt  # noqa: E402 (after the backend is chosen)
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -30,9 +28,6 @@ def image_grid_figure(images: torch.Tensor, titles: Optional[Sequence[str]] = No
                       suptitle: Optional[str] = None, row_labels: Optional[Sequence[str]] = None,
                       col_labels: Optional[Sequence[str]] = None, cell: float = 1.3):
     """A matplotlib figure of images laid out in a grid, each with an optional (wrapped) title."""
-    import textwrap
-
-    plt = _figure()
     arr = to_numpy_images(images)
     n = len(arr)
     ncols = ncols or min(n, 8)
@@ -62,7 +57,6 @@ def image_grid_figure(images: torch.Tensor, titles: Optional[Sequence[str]] = No
 
 
 def save_image_grid(images: torch.Tensor, path: str, dpi: int = 100, **kwargs) -> str:
-    plt = _figure()
     fig = image_grid_figure(images, **kwargs)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=dpi)
@@ -77,7 +71,6 @@ def guidance_grid_figure(images: torch.Tensor, prompts: List[str], scales: Seque
 
 
 def loss_curve_figure(history, smooth: int = 50):
-    plt = _figure()
     fig, ax = plt.subplots(figsize=(6, 3.2))
     loss = torch.tensor(history["loss"])
     ax.plot(history["step"], loss.numpy(), alpha=0.25, lw=0.8, label="train loss (per step)")

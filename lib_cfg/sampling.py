@@ -6,8 +6,10 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from .checkpoint import load_model
 from .config import TrainingConfig
-from .diffusion import DDIMSampler, DDPMSampler, create_noise_schedule, randn, sample
+from .diffusion import DDIMSampler, DDPMSampler, noise_schedule_for, randn, sample
+from .text_encoder import EmbeddingCache
 
 
 @dataclass
@@ -40,9 +42,9 @@ class Pipeline:
         # A prompt of None gets the learned null embedding itself, and still goes through the CFG
         # mix: so "the null prompt at any s equals s = 0" is shown, not assumed.
         null = torch.tensor([p is None for p in prompts], device=self.device)
-        cond = self.embed(["" if p is None else p for p in prompts], self.device)
-        null = null.reshape(-1, *([1] * (cond.dim() - 1)))
-        cond = torch.where(null, self.model.null_text_embed.detach().expand_as(cond), cond)
+        with torch.no_grad():
+            cond = self.model.swap_in_null(self.embed(["" if p is None else p for p in prompts], self.device),
+                                           len(prompts), uncond_mask=null)
         negative = None if negative_prompt is None else self.embed([negative_prompt] * len(prompts), self.device)
         return sample(self.model, cond, self.sampler(sampler, dynamic_thresholding_ratio), guidance_scale,
                       num_inference_steps, x_T=x_T, generator=g, progress=progress, negative_embeddings=negative,
@@ -50,13 +52,10 @@ class Pipeline:
 
 
 def load_pipeline(checkpoint: str, device: Optional[str] = None, ema: bool = True) -> Pipeline:
-    from .checkpoint import load_model
-    from .text_encoder import EmbeddingCache
-
     model, config = load_model(checkpoint, device, ema)
     device = str(next(model.parameters()).device)
     embed = EmbeddingCache.for_config(config, device)
-    schedule = create_noise_schedule(config.num_denoising_steps, device, config.beta_start, config.beta_end)
+    schedule = noise_schedule_for(config, device)
     return Pipeline(model, config, embed, schedule)
 
 

@@ -20,6 +20,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from safetensors.torch import load_file, save_file
 
 VERSION = 1  # bump when the rendering changes, so stale caches are not reused
 COLORS: Dict[str, Tuple[int, int, int]] = {  # six hues 60 degrees apart: far apart for the judge
@@ -130,7 +131,6 @@ class SyntheticShapes(torch.utils.data.Dataset):
 def load_synthetic(n: int, resolution: int, seed: int, data_dir: str, verbose: bool = True,
                    backgrounds: bool = False) -> SyntheticShapes:
     """Render (or load from the cache under data_dir) n images at `resolution`."""
-    from safetensors.torch import load_file, save_file
 
     name = "synthetic-shapes-bg" if backgrounds else "synthetic-shapes"
     path = os.path.join(data_dir, f"{name}_v{VERSION}_n{n}_r{resolution}_s{seed}.safetensors")
@@ -146,3 +146,9 @@ def load_synthetic(n: int, resolution: int, seed: int, data_dir: str, verbose: b
         save_file(t, tmp)
         os.replace(tmp, path)  # atomic: a half-written cache is never picked up
     return SyntheticShapes(t["images"], t["colors"], t["shapes"], t["templates"], t.get("backgrounds"))
+
+
+def sample_prompts(n: int) -> List[str]:
+    """n prompts for the sample grids that cycle both attributes: 6 show every colour and shape, 18 every pair."""
+    colors = list(COLORS)
+    return [caption(colors[i % len(colors)], SHAPES[(i + i // len(colors)) % len(SHAPES)]) for i in range(n)]

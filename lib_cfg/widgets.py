@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ class GuidancePanel:
 
     def __init__(self, pipe, prompt: str = "a red triangle on a black background", n_images: int = 4,
                  guidance_scale: float = 3.0, seed: int = 0, steps: int = 25):
-        import ipywidgets as w
+        import ipywidgets as w  # the notebooks' extra: the library works without it
 
         self.pipe, self.n_images = pipe, n_images
         style = {"description_width": "110px"}
@@ -55,7 +56,6 @@ class GuidancePanel:
         return self.pipe([prompt] * self.n_images, guidance_scale, steps, seed=seed)
 
     def render(self) -> None:
-        import time
 
         t0 = time.perf_counter()
         self.images = self.sample(**self.settings())

@@ -102,9 +102,9 @@ from lib_cfg.model import ResBlock, UNetModel
 show(UNetModel.add_text_conditioning)
 
 # %% [markdown]
-# In `forward`, the first thing that happens to the captions is `swap_in_null`: rows chosen at random
-# with probability `p_uncond` (in training), or named by `uncond_mask`, become the null embedding.
-# It uses `torch.where`, which builds a new tensor; the lesson's in-place
+# In `forward`, the first thing that happens to the captions is `swap_in_null`: the rows named by
+# `uncond_mask` become the null embedding (in training, rows drawn with probability `p_uncond`; in
+# sampling, the unconditional half of the batch). It uses `torch.where`, which builds a new tensor; the lesson's in-place
 # `text_embeddings[mask] = self.null_text_embed` overwrites the caller's tensor, so a tensor passed to
 # two forward passes would come back changed from the first.
 
@@ -153,20 +153,22 @@ with torch.no_grad():
     print("the caption changes emb:", not torch.allclose(emb_caption[0], emb_swapped[0]))
 
 # %% [markdown]
-# ## Data, text encoder, model
+# ## Data, text encoder, model, optimizer: `build_training`
 #
-# The data and the caption embeddings come from the library (notebook 02 showed the encoder and the
-# cache: each distinct caption is encoded once).
+# One call builds everything the loop needs from the config, the same call `python -m lib_cfg train`
+# makes: the data, the caption embeddings (notebook 02 showed the encoder and the cache: each distinct
+# caption is encoded once), the model, its EMA copy, the optimizer, the bookkeeping callbacks, and,
+# given `resume=`, the state of an interrupted run (after checking that its checkpoint fits this model).
 
 # %%
-from lib_cfg.data import all_captions, load_data
-from lib_cfg.text_encoder import EmbeddingCache
+from lib_cfg.train import build_training
 
-torch.manual_seed(config.seed)
-train_ds, val_ds = load_data(config)
-embed = EmbeddingCache.for_config(config, "cpu")
-embed.warm(all_captions(train_ds) + all_captions(val_ds))
-denoising_model = create_unet_model(config, "cpu", text_embed_dim=embed.text_embed_dim)
+show(build_training)
+
+# %%
+run = build_training(config)
+print(f"{len(run.train_ds)} training and {len(run.val_ds)} validation images; "
+      f"caption embeddings: {run.embed.text_embed_dim}-d; EMA kept: {run.ema_model is not None}")
 
 # %% [markdown]
 # ### A quick data check
@@ -174,36 +176,37 @@ denoising_model = create_unet_model(config, "cpu", text_embed_dim=embed.text_emb
 # One training example: an image tensor in $[-1, 1]$ and its caption.
 
 # %%
-x, meta = train_ds[0]
+x, meta = run.train_ds[0]
 print(x.shape, x.min().item(), x.max().item())
 print(meta)
 
 # %%
 from lib_cfg.plotting import image_grid_figure
 
-batch = [train_ds[i] for i in range(8)]
+batch = [run.train_ds[i] for i in range(8)]
 image_grid_figure(torch.stack([b[0] for b in batch]), titles=[b[1]["text"] for b in batch]);
 
 # %% [markdown]
 # ### A mini-batch check
+#
+# The loader yields the batches for steps 1, 2, ...: each epoch is a permutation seeded by the step
+# count, so a resumed run sees exactly the batches the uninterrupted one would have.
 
 # %%
-from lib_cfg.train import make_dataloaders
-
-train_dataloader, val_dataloader = make_dataloaders(config, train_ds, val_ds)
-x0, meta = next(iter(train_dataloader))
+x0, meta = next(iter(run.train_dataloader))
 print(x0.shape)
 print(meta["text"][:4])
-print(embed(meta["text"]).shape)
+print(run.embed(meta["text"]).shape)
 
 # %% [markdown]
 # ## The training step
 #
 # `training_step` is the lesson's loop body: draw $t$ and $\epsilon$, make $x_t$ with `add_noise`,
 # predict $\epsilon$ with each caption dropped with probability `text_drop_prob`, MSE, clip the
-# gradient norm, AdamW step. The dropout mask `drop` is drawn here and passed as `uncond_mask` (rather
-# than drawn inside the model) so that two processes under torchrun take exactly the step one would.
-# The forward pass runs under bf16 autocast where the hardware computes bf16 natively.
+# gradient norm, AdamW step. The dropout mask `uncond_mask` is drawn here and handed to the model,
+# whose `forward` swaps in the null embedding (`swap_in_null`, above). The lesson draws the mask inside
+# `forward`; drawn here, over the whole batch, two processes under torchrun take exactly the step one
+# would. The forward pass runs under bf16 autocast where the hardware computes bf16 natively.
 
 # %%
 from lib_cfg.train import make_optimizer, training_step
@@ -211,27 +214,30 @@ from lib_cfg.train import make_optimizer, training_step
 show(training_step)
 
 # %% [markdown]
-# One step by hand, on the fresh model: an untrained UNet predicts $\epsilon \approx 0$ (its output
-# layers start at zero), so the first loss is about $\mathbb{E}[\epsilon^2] = 1$.
+# One step by hand, on a copy of the fresh model: an untrained UNet predicts $\epsilon \approx 0$ (its
+# output layers start at zero), so the first loss is about $\mathbb{E}[\epsilon^2] = 1$. The copy and
+# `fork_rng` keep `run` untouched, so the training below is exactly what `python -m lib_cfg train` does.
 
 # %%
-from lib_cfg.diffusion import create_noise_schedule
+import copy
 
-noise_schedule = create_noise_schedule(config.num_denoising_steps, "cpu", config.beta_start, config.beta_end)
-optimizer = make_optimizer(denoising_model, config)
-first_loss = training_step(denoising_model, optimizer, x0, embed(meta["text"]), noise_schedule, config).item()
+model = copy.deepcopy(run.model)
+with torch.random.fork_rng():
+    first_loss = training_step(model, make_optimizer(model, config), x0, run.embed(meta["text"]),
+                               run.noise_schedule, config).item()
 print(f"loss of the first step: {first_loss:.3f}")
 assert 0.8 < first_loss < 1.2
 
 # %% [markdown]
 # ## We train
 #
-# `run_training(config)` (what `python -m lib_cfg train` runs) puts the step in a loop: a batch, its
-# cached embeddings, the learning rate, the step, then the bookkeeping callbacks: an exponential
-# moving average (EMA) of the weights, log lines, validation loss, sample grids, checkpoints. It
-# also catches Ctrl-C: **interrupting the kernel is safe**, the step in progress finishes, a
-# checkpoint is saved, and running this cell again continues from it. A finished run is loaded, not
-# retrained (set `RETRAIN = True` to start over). The progress bar says how long it will take.
+# `run.train()` puts the step in a loop (`run_training(config)`, what `python -m lib_cfg train` runs,
+# is `build_training(config).train()`): a batch, its cached embeddings, the learning rate, the step,
+# then the bookkeeping callbacks: an exponential moving average (EMA) of the weights, log lines,
+# validation loss, sample grids, checkpoints. It also catches Ctrl-C: **interrupting the kernel is
+# safe**, the step in progress finishes, a checkpoint is saved, and running this cell again continues
+# from it. A finished run is loaded, not retrained (set `RETRAIN = True` to start over). The progress
+# bar says how long it will take.
 
 # %%
 # %%time
@@ -243,7 +249,7 @@ from lib_cfg.notebook import ensure_trained
 if RETRAIN:
     shutil.rmtree(config.checkpoint_dir, ignore_errors=True)
 print(f"{config.max_steps} steps of {config.batch_size} images")
-ensure_trained(config)
+ensure_trained(config, run)  # trains `run` unless a finished (or an interrupted) run is already on disk
 
 # %% [markdown]
 # ## The loss curve
@@ -306,8 +312,9 @@ assert is_finished(config)
 #   `forward`; every ResBlock then turns `emb` into a scale and shift of its features.
 # - Classifier-free guidance needs nothing more at training time than dropping the caption with
 #   probability `p_uncond`: the same network learns the conditional and the unconditional model.
-# - The training step is the lesson's; the library adds an EMA, logging, validation, sample grids and
-#   checkpoints that survive interruption.
+# - The training step is the lesson's; `build_training` builds what the loop needs from one config,
+#   and the library adds an EMA, logging, validation, sample grids and checkpoints that survive
+#   interruption.
 # - The loss measures denoising, not prompt-following: that needs a judge (notebooks 04 and 05).
 #
 # ## Exercises

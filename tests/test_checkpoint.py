@@ -1,4 +1,5 @@
 """Checkpoints: exact round trip, exact resume after an interrupt, atomic writes."""
+import copy
 import os
 import signal
 
@@ -10,7 +11,8 @@ from lib_cfg.bookkeeping import Callback
 from lib_cfg.checkpoint import load_model, resolve_checkpoint, save_checkpoint
 from lib_cfg.config import get_preset
 from lib_cfg.model import create_unet_model
-from lib_cfg.train import run_training
+from lib_cfg.notebook import ensure_trained
+from lib_cfg.train import build_training, make_optimizer, run_training, training_step
 
 
 def tiny_config(tmp_path, data_dir, name, **kw):
@@ -47,6 +49,25 @@ def test_interrupt_then_resume_equals_uninterrupted_run(tmp_path, data_dir):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     for a, b in zip(full_ema.state_dict().values(), ema.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_notebook_03s_path_trains_exactly_what_the_cli_trains(tmp_path, data_dir):
+    """Notebook 03 builds the run, looks at a batch, takes one step by hand on a copy (under fork_rng), then
+    trains it with ensure_trained: the weights must equal run_training's (what `python -m lib_cfg train` runs)."""
+    cli_model, cli_ema, _, _ = run_training(tiny_config(tmp_path, data_dir, "cli", max_steps=12), silent=True)
+
+    config = tiny_config(tmp_path, data_dir, "notebook", max_steps=12)
+    run = build_training(config, silent=True)
+    x0, meta = next(iter(run.train_dataloader))
+    model = copy.deepcopy(run.model)
+    with torch.random.fork_rng():
+        training_step(model, make_optimizer(model, config), x0, run.embed(meta["text"]), run.noise_schedule, config)
+    ensure_trained(config, run, silent=True)
+    assert run.bookkeeping.history["step"][-1] == 12
+    for a, b in zip(cli_model.state_dict().values(), run.model.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(cli_ema.state_dict().values(), run.ema_model.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def test_round_trip_gives_identical_outputs(tmp_path, data_dir):

@@ -38,10 +38,15 @@ def test_unknown_preset_and_field_list_the_valid_ones():
         get_preset("quick", batchsize=3)
 
 
-def test_device_auto_falls_back_to_cpu():
+def test_device_auto_prefers_cuda_then_mps_then_cpu(monkeypatch):
     import torch
-    if not torch.cuda.is_available():
-        assert resolve_device("auto") in ("cpu", "mps")
+
+    for cuda, mps, expected in [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")]:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+        assert resolve_device("auto") == expected
+    with pytest.raises(RuntimeError, match="CUDA is not available.*--device auto"):
+        resolve_device("cuda")
 
 
 def test_override_parsing_uses_field_types():
