@@ -8,7 +8,7 @@ SCALES := 0 1 3 5 7.5
 
 .PHONY: run train grid evaluate test notebooks bench bench-quick gpu-prep clean-generated
 
-.venv/.installed: requirements.txt
+.venv/.installed: requirements.txt pyproject.toml
 	python3 -m venv .venv
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -r requirements.txt

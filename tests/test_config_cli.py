@@ -1,6 +1,8 @@
 """TrainingConfig validation, presets, and the command line."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -97,3 +99,15 @@ def test_cli_rejects_a_nan_guidance_scale(ci_run, capsys):
     _, _, ckpt = ci_run
     assert main(["sample", "--checkpoint", ckpt, "--scales", "nan", "--steps", "2", "--out", "/dev/null"]) == 2
     assert "guidance_scale must be a finite number" in capsys.readouterr().err
+
+
+def test_lib_cfg_console_script_is_the_same_cli():
+    # pyproject.toml declares it; `pip install -e .` (make) puts it beside this environment's python.
+    script = os.path.join(os.path.dirname(sys.executable), "lib-cfg")
+    assert os.path.exists(script), f"{script} missing: pip install -e . (make does)"
+    theirs = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
+    ours = subprocess.run([sys.executable, "-m", "lib_cfg", "--help"], capture_output=True, text=True, timeout=120)
+    assert theirs.returncode == ours.returncode == 0, theirs.stderr
+    assert theirs.stdout == ours.stdout and "{train,sample,evaluate}" in ours.stdout
+    bad = subprocess.run([script, "train", "--text_drop_prob", "2"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "TrainingConfig.text_drop_prob=2.0" in bad.stderr
