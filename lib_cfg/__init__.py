@@ -8,6 +8,7 @@ One job per module:
     model         the UNet with text conditioning (text_proj, null_text_embed, uncond_mask)
     diffusion     noise schedule, add_noise, DDPM / DDIM steps, classifier-free guided sampling
     classifier    classifier guidance: a noise-aware classifier and the gradient-guided step
+    guidance      guidance beyond CFG: APG, CFG-Zero*, autoguidance
     train         the training step and loop; build_training(config) and run_training(config)
     bookkeeping   callbacks: logs, validation, sample grids, checkpoints
     checkpoint    safetensors + JSON checkpoint folders, atomic, exactly resumable

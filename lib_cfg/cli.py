@@ -9,6 +9,8 @@
     python -m lib_cfg sample --checkpoint checkpoints/quick --scales 10 --guidance_rescale 0.7 \\
         --negative_prompt "a red circle on a black background"   # the large-guidance fixes (notebook 05)
     python -m lib_cfg evaluate --checkpoint checkpoints/quick --scales 0 1 3 5 --json
+    python -m lib_cfg evaluate --checkpoint checkpoints/quick --guidance apg --scales 1 3 7.5 --json
+    python -m lib_cfg evaluate --checkpoint checkpoints/quick --guidance autoguidance --guide_checkpoint checkpoints/ci
 """
 from __future__ import annotations
 
@@ -22,8 +24,9 @@ from dataclasses import fields, replace
 from .checkpoint import load_config, load_trainer_state
 from .config import PRESETS, SYNTHETIC_BG_DATASET, SYNTHETIC_DATASET, TrainingConfig, field_names, get_preset, preset_of
 from .evaluation import adherence_sweep, format_table
+from .guidance import METHODS
 from .plotting import guidance_grid_figure
-from .sampling import guidance_grid, load_pipeline
+from .sampling import guidance_for, guidance_grid, load_pipeline
 from .synthetic import sample_prompts
 from .train import run_training
 
@@ -95,7 +98,7 @@ def cmd_sample(args, overrides):
     prompts = args.prompt or _default_prompts(pipe.config)
     options = dict(negative_prompt=args.negative_prompt, guidance_rescale=args.guidance_rescale,
                    guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None,
-                   dynamic_thresholding_ratio=args.dynamic_thresholding_ratio)
+                   dynamic_thresholding_ratio=args.dynamic_thresholding_ratio, guidance=_guidance(pipe, args))
     images = guidance_grid(pipe, prompts, args.scales, args.steps, args.seed, args.sampler, **options)
     fig = guidance_grid_figure(images, prompts, args.scales,
                                suptitle=f"{args.sampler.upper()} {args.steps} steps, seed {args.seed}")
@@ -112,15 +115,21 @@ def cmd_evaluate(args, overrides):
                          f"on {pipe.config.dataset!r}. Use `sample` to look at its images instead.")
     results = adherence_sweep(pipe.model, pipe.embed, args.scales, pipe.sampler(args.sampler), args.n_per_prompt,
                               args.steps, args.seed, progress=not args.json,
-                              backgrounds=pipe.config.dataset == SYNTHETIC_BG_DATASET)
+                              backgrounds=pipe.config.dataset == SYNTHETIC_BG_DATASET, guidance=_guidance(pipe, args))
     if args.json:
         print(json.dumps(results))
     else:
         n_prompts = 90 if pipe.config.dataset == SYNTHETIC_BG_DATASET else 18
         print(f"adherence of {args.checkpoint}: {args.n_per_prompt} samples per prompt x {n_prompts} prompts, "
-              f"{args.sampler.upper()} {args.steps} steps")
+              f"{args.sampler.upper()} {args.steps} steps, guidance {args.guidance}")
         print(format_table(results))
     return 0
+
+
+def _guidance(pipe, args):
+    return guidance_for(pipe, args.guidance, args.guide_checkpoint, eta=args.apg_eta,
+                        norm_threshold=args.apg_norm_threshold, momentum=args.apg_momentum,
+                        zero_init_steps=args.zero_init_steps)
 
 
 def _default_prompts(config):
@@ -153,6 +162,13 @@ def build_parser():
         s.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--device", default=None, help="default: the checkpoint's config device")
+        s.add_argument("--guidance", default="cfg", choices=METHODS,
+                       help="how the two predictions are mixed (default: cfg; see lib_cfg/guidance.py)")
+        s.add_argument("--guide_checkpoint", metavar="DIR", help="autoguidance: the weaker model (same text encoder)")
+        s.add_argument("--apg_eta", type=float, default=0.0, help="apg: weight of the update's parallel part")
+        s.add_argument("--apg_norm_threshold", type=float, default=0.0, help="apg: cap on the update's norm (0: off)")
+        s.add_argument("--apg_momentum", type=float, default=0.0, help="apg: momentum beta, e.g. -0.5 (0: off)")
+        s.add_argument("--zero_init_steps", type=int, default=0, help="cfg-zero-star: first steps that predict x0 = 0")
     sub.choices["sample"].add_argument("--prompt", action="append", help="a prompt (repeat for more rows)")
     sub.choices["sample"].add_argument("--out", default="samples/guidance_grid.png")
     sub.choices["sample"].add_argument("--negative_prompt", help="guide away from this prompt (replaces the null one)")

@@ -168,15 +168,22 @@ def guided_eps(model, x_t: torch.Tensor, t: torch.Tensor, text_embeddings: Optio
         return model(x_t, t, negative_embeddings)  # None: the null embedding for every row
     if guidance_scale == 1 and text_embeddings is not None:
         return model(x_t, t, text_embeddings)
+    eps_uncond, eps_cond = predict_both(model, x_t, t, text_embeddings, negative_embeddings)
+    eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+    return rescale_guidance(eps, eps_cond, guidance_rescale) if guidance_rescale else eps
+
+
+def predict_both(model, x_t: torch.Tensor, t: torch.Tensor, text_embeddings: Optional[torch.Tensor],
+                 negative_embeddings: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(eps_uncond, eps_cond), each [N x C x H x W], from one batched forward pass of 2N rows.
+    eps_uncond is the null embedding's prediction, or the negative prompt's when one is given."""
     n = x_t.shape[0]
     # Rows given as None are any embeddings of the right shape, swapped for the null one by uncond_mask.
     cond = text_embeddings if text_embeddings is not None else negative_embeddings
     uncond = negative_embeddings if negative_embeddings is not None else cond
     uncond_mask = torch.cat([_mask(x_t, negative_embeddings is None), _mask(x_t, text_embeddings is None)])
     eps = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([uncond, cond]), uncond_mask=uncond_mask)
-    eps_uncond, eps_cond = eps[:n], eps[n:]
-    eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
-    return rescale_guidance(eps, eps_cond, guidance_rescale) if guidance_rescale else eps
+    return eps[:n], eps[n:]
 
 
 def randn(shape, generator: Optional[torch.Generator], device) -> torch.Tensor:
@@ -209,7 +216,7 @@ def sample(model, text_embeddings: Optional[torch.Tensor], sampler: DDPMSampler,
            num_inference_steps: int = 50, shape=None, generator: Optional[torch.Generator] = None,
            x_T: Optional[torch.Tensor] = None, progress: bool = True,
            negative_embeddings: Optional[torch.Tensor] = None, guidance_rescale: float = 0.0,
-           guidance_interval: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+           guidance_interval: Optional[Tuple[int, int]] = None, guidance=None) -> torch.Tensor:
     """Generate images from noise with classifier-free guidance.
 
     text_embeddings: [N x D] (or tokens [N x L x D]; None: unconditional, then give `shape`).
@@ -217,20 +224,29 @@ def sample(model, text_embeddings: Optional[torch.Tensor], sampler: DDPMSampler,
     Options, all off by default: negative_embeddings (a negative prompt, [N x D]); guidance_rescale (phi);
     guidance_interval (lo, hi): guide only at timesteps lo <= t <= hi, elsewhere s = 1 (Kynkaanniemi et al.
     2024: guidance at the noisiest steps mostly costs diversity). Dynamic thresholding is a sampler option.
+    guidance: a `lib_cfg.guidance.Guidance` for APG, CFG-Zero* or autoguidance in place of plain CFG.
     """
     if not math.isfinite(guidance_scale):
         raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
     if not 0 <= guidance_rescale <= 1:
         raise ValueError(f"guidance_rescale must lie in [0, 1], got {guidance_rescale}")
+    other = guidance is not None and guidance.method != "cfg"
+    if other and (negative_embeddings is not None or guidance_rescale or text_embeddings is None):
+        raise ValueError(f"guidance {guidance.method!r} needs a prompt, and takes no negative prompt or "
+                         "guidance rescale (those are options of plain cfg)")
     device = next(model.parameters()).device
     x_T = (randn(shape, generator, device) if x_T is None else x_T).to(device)
     was_training = model.training
     model.eval()
     try:
+        mix = guidance.eps_fn(model, text_embeddings, sampler) if other else None
+
         def eps_fn(x_t, t):
             s = guidance_scale
             if guidance_interval is not None and not guidance_interval[0] <= int(t[0]) <= guidance_interval[1]:
                 s = 1.0  # outside the interval: the conditional prediction alone
+            if mix is not None:
+                return mix(x_t, t, s)
             return guided_eps(model, x_t, t, text_embeddings, s, negative_embeddings, guidance_rescale)
 
         return denoise(eps_fn, sampler, x_T, num_inference_steps, generator, progress)

@@ -117,18 +117,19 @@ def sweep(generate, scales: Iterable[float], n_per_prompt: int, resolution: int,
 
 def adherence_sweep(model, embed, scales: Iterable[float], sampler, n_per_prompt: int = 6,
                     num_inference_steps: int = 50, seed: int = 0, batch_size: int = 256,
-                    progress: bool = True, backgrounds: bool = False, **guidance) -> Dict[str, Dict[str, float]]:
+                    progress: bool = True, backgrounds: bool = False, **options) -> Dict[str, Dict[str, float]]:
     """Classifier-free guidance: per-attribute accuracy at each guidance scale (see `sweep`).
 
     embed: captions [N] -> embeddings [N x D] (a TextEncoder or EmbeddingCache).
     backgrounds: the coloured-background prompts and judge (a model trained on "synthetic-shapes-bg").
-    guidance: more options for `sample` (guidance_rescale, guidance_interval).
+    options: more options for `sample` (guidance_rescale, guidance_interval; guidance: APG, CFG-Zero* or
+    autoguidance in place of CFG).
     """
     device = next(model.parameters()).device
     texts, _ = evaluation_prompts(n_per_prompt, backgrounds)
     cond = embed(texts).to(device)
     return sweep(lambda s, rows, x_T: sample(model, cond[rows], sampler, s, num_inference_steps, x_T=x_T,
-                                             progress=False, **guidance),
+                                             progress=False, **options),
                  scales, n_per_prompt, model.resolution, device, seed, batch_size, progress, backgrounds)
 
 
@@ -165,25 +166,51 @@ def diversity(images: torch.Tensor, groups: List[int]) -> float:
     return float(torch.stack(values).mean()) if values else 0.0
 
 
-def layout(images: torch.Tensor) -> torch.Tensor:
-    """Where the object is and how big: images [N x 3 x H x W] in [-1, 1] on black -> [N x 3] (centre x,
-    centre y, size = square root of the lit area), in pixels. An image with nothing lit gives NaNs."""
+def layout(images: torch.Tensor, on_background: bool = False) -> torch.Tensor:
+    """Where the object is and how big: images [N x 3 x H x W] in [-1, 1] -> [N x 3] (centre x, centre y,
+    size = square root of the object's area), in pixels. An image with no object gives NaNs. The object is
+    what is lit on black, or on a coloured background what lies far from the median border colour (as
+    `judge_image` finds it)."""
     x = to_unit(images)
-    lit = (x.max(dim=1).values > LIT).float()  # [N x H x W]: the object, not the black background
+    if on_background:
+        border = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, :, 0], x[:, :, :, -1]], dim=2)  # [N x 3 x 4W]
+        distance = (x - border.median(dim=2).values[:, :, None, None]).pow(2).sum(dim=1).sqrt()
+        lit = (distance > 0.25).float()
+    else:
+        lit = (x.max(dim=1).values > LIT).float()  # [N x H x W]: the object, not the black background
     area = lit.sum(dim=(1, 2))
     ys, xs = torch.meshgrid(torch.arange(x.shape[2]).float(), torch.arange(x.shape[3]).float(), indexing="ij")
     cx, cy = (lit * xs).sum(dim=(1, 2)) / area, (lit * ys).sum(dim=(1, 2)) / area
     return torch.stack([cx, cy, area.sqrt()], dim=1).where(area[:, None] > 0, torch.tensor(float("nan")))
 
 
-def layout_variety(images: torch.Tensor, groups: List[int]) -> float:
+def layout_variety(images: torch.Tensor, groups: List[int], on_background: bool = False) -> float:
     """Variety within a prompt that does not count colour or shape: the standard deviation of the object's
     centre x, centre y and size (`layout`) among images of one group (prompt), averaged over the three and
     over the groups, in pixels. 0: every sample of a prompt puts the same-sized object in the same place."""
-    where, g = layout(images), torch.tensor(groups)
+    where, g = layout(images, on_background), torch.tensor(groups)
     found = ~where.isnan().any(dim=1)  # images with nothing drawn have no position
     values = [where[(g == k) & found].std(dim=0).mean() for k in g.unique() if ((g == k) & found).sum() > 1]
     return float(torch.stack(values).mean()) if values else 0.0
+
+
+def tradeoff(pipe, scales: Iterable[float], n_per_prompt: int = 4, steps: int = 25, seed: int = 0,
+             backgrounds: bool = False, every: int = 1, **options) -> Dict[str, Dict[str, float]]:
+    """Adherence and what guidance costs, at each scale: {"<s>": {"color", "shape", "all" (+ "background",
+    "binding"), "variety" (layout_variety, px), "saturation", "clipped"}}. Every `every`-th evaluation prompt
+    (1: all of them) n_per_prompt times, from the same noise at every scale.
+    pipe: a `sampling.Pipeline`; options: its guidance options."""
+    texts, targets = evaluation_prompts(n_per_prompt, backgrounds)
+    keep = [i for i in range(len(texts)) if (i // n_per_prompt) % every == 0]
+    texts, targets = [texts[i] for i in keep], [targets[i] for i in keep]
+    groups = [i // n_per_prompt for i in range(len(texts))]
+    results = {}
+    for s in scales:
+        images = pipe(texts, s, steps, seed=seed, **options)
+        results[format_scale(s)] = {**attribute_accuracy(judge(images, backgrounds), targets),
+                                    "variety": layout_variety(images, groups, backgrounds),
+                                    **saturation_stats(images)}
+    return results
 
 
 def saturation_stats(images: torch.Tensor) -> Dict[str, float]:

@@ -9,6 +9,7 @@ import torch
 from .checkpoint import load_model
 from .config import TrainingConfig
 from .diffusion import DDIMSampler, DDPMSampler, noise_schedule_for, randn, sample
+from .guidance import Guidance
 from .text_encoder import EmbeddingCache
 
 
@@ -33,9 +34,10 @@ class Pipeline:
     def __call__(self, prompts: Sequence[str], guidance_scale: float = 3.0, num_inference_steps: int = 50,
                  seed: int = 0, sampler: str = "ddim", progress: bool = False, negative_prompt: Optional[str] = None,
                  guidance_rescale: float = 0.0, guidance_interval=None,
-                 dynamic_thresholding_ratio: Optional[float] = None) -> torch.Tensor:
+                 dynamic_thresholding_ratio: Optional[float] = None, guidance: Optional[Guidance] = None) -> torch.Tensor:
         """Images [N x 3 x H x W] in [-1, 1] for N prompts. A prompt of None means unconditional (null).
-        The guidance options (all off by default) are `sample`'s and the sampler's."""
+        The guidance options (all off by default) are `sample`'s and the sampler's; `guidance` picks APG,
+        CFG-Zero* or autoguidance (`guidance_for`) in place of plain CFG."""
         r = self.config.resolution
         g = torch.Generator().manual_seed(seed)
         x_T = randn((len(prompts), 3, r, r), g, self.device)
@@ -48,7 +50,7 @@ class Pipeline:
         negative = None if negative_prompt is None else self.embed([negative_prompt] * len(prompts), self.device)
         return sample(self.model, cond, self.sampler(sampler, dynamic_thresholding_ratio), guidance_scale,
                       num_inference_steps, x_T=x_T, generator=g, progress=progress, negative_embeddings=negative,
-                      guidance_rescale=guidance_rescale, guidance_interval=guidance_interval)
+                      guidance_rescale=guidance_rescale, guidance_interval=guidance_interval, guidance=guidance)
 
 
 def load_pipeline(checkpoint: str, device: Optional[str] = None, ema: bool = True) -> Pipeline:
@@ -57,6 +59,29 @@ def load_pipeline(checkpoint: str, device: Optional[str] = None, ema: bool = Tru
     embed = EmbeddingCache.for_config(config, device)
     schedule = noise_schedule_for(config, device)
     return Pipeline(model, config, embed, schedule)
+
+
+def guidance_for(pipe: Pipeline, method: str = "cfg", guide_checkpoint: Optional[str] = None,
+                 **options) -> Optional[Guidance]:
+    """The `Guidance` for `method` (None for plain cfg). options: Guidance's (eta, norm_threshold, momentum,
+    zero_init_steps). autoguidance loads its weaker model from guide_checkpoint, which must read the same
+    text embeddings and draw the same image size as the main model."""
+    if method == "cfg":
+        return None
+    guide = None
+    if method == "autoguidance":
+        if guide_checkpoint is None:
+            raise ValueError("autoguidance needs --guide_checkpoint DIR: a weaker model (a smaller or shorter "
+                             "run) trained with the same text encoder")
+        guide, config = load_model(guide_checkpoint, str(pipe.device))
+        same = {f: (getattr(config, f), getattr(pipe.config, f)) for f in ("text_encoder", "resolution",
+                                                                          "conditioning", "max_text_tokens")}
+        diff = {f: v for f, v in same.items() if v[0] != v[1]}
+        if diff or guide.text_embed_dim != pipe.model.text_embed_dim:
+            raise ValueError(f"the guide {guide_checkpoint} does not fit the model it would guide: "
+                             + "; ".join(f"{f}: guide {a!r}, model {b!r}" for f, (a, b) in diff.items())
+                             + ". Train the guide with the model's text encoder, resolution and conditioning.")
+    return Guidance(method, guide_model=guide, **options)
 
 
 def guidance_grid(pipe: Pipeline, prompts: List[str], scales: Sequence[float], num_inference_steps: int = 50,

@@ -90,6 +90,31 @@ def test_cli_evaluate_json(ci_run, capsys):
     assert all(0 <= v <= 1 for acc in result.values() for v in acc.values())
 
 
+def test_cli_evaluate_with_each_guidance_method_keeps_the_json_format(ci_run, capsys):
+    _, _, ckpt = ci_run
+    common = ["evaluate", "--checkpoint", ckpt, "--scales", "1", "4", "--steps", "5", "--n_per_prompt", "1", "--json"]
+    runs = {"cfg": [], "apg": ["--apg_momentum", "-0.5", "--apg_norm_threshold", "15"],
+            "cfg-zero-star": ["--zero_init_steps", "1"], "autoguidance": ["--guide_checkpoint", ckpt]}
+    results = {}
+    for method, options in runs.items():
+        assert main(common + ["--guidance", method] + options) == 0, capsys.readouterr().err
+        results[method] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert set(results[method]) == {"1", "4"} and set(results[method]["4"]) == {"color", "shape", "all"}
+    # s = 1 is the conditional model under every method but zero-init, which changes the first step
+    assert results["apg"]["1"] == results["autoguidance"]["1"] == results["cfg"]["1"]
+    # the model guiding itself: eps_bad = eps_cond, so s does nothing
+    assert results["autoguidance"]["4"] == results["cfg"]["1"]
+
+
+def test_cli_guidance_errors_are_one_line(ci_run, capsys):
+    _, _, ckpt = ci_run
+    assert main(["evaluate", "--checkpoint", ckpt, "--guidance", "autoguidance"]) == 2
+    assert "--guide_checkpoint" in capsys.readouterr().err
+    assert main(["sample", "--checkpoint", ckpt, "--guidance", "apg", "--negative_prompt", "a red circle",
+                 "--steps", "2", "--out", "/dev/null"]) == 2
+    assert "no negative prompt or guidance rescale" in capsys.readouterr().err
+
+
 def test_cli_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(["sample", "--checkpoint", str(tmp_path / "nothing")]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
