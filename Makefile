@@ -38,7 +38,7 @@ test: .venv/.installed
 # Each notebooks/NN_*.py is the source of its .ipynb (jupytext): sync them first, in case one was edited alone.
 notebooks: .venv/.installed
 	$(PY) -m jupytext --sync notebooks/[0-9][0-9]_*.ipynb
-	for nb in notebooks/03_*.ipynb notebooks/01_*.ipynb notebooks/02_*.ipynb notebooks/04_*.ipynb notebooks/05_*.ipynb; do \
+	for nb in notebooks/03_*.ipynb notebooks/01_*.ipynb notebooks/02_*.ipynb notebooks/04_*.ipynb notebooks/05_*.ipynb notebooks/06_*.ipynb; do \
 		HF_HUB_OFFLINE=1 LIB_CFG_PRESET=quick $(PY) -m jupyter nbconvert --to notebook --execute --inplace \
 			--ExecutePreprocessor.timeout=1800 "$$nb" || exit 1; done
 

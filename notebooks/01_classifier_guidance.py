@@ -29,6 +29,7 @@
 # | [03 · Training with CFG](03_cfg_training.ipynb) | the lesson's change to the UNet; **trains the model the others use** | nothing |
 # | [04 · Sampling with CFG](04_guidance_sampling.ipynb) | the CFG step; adherence against variety; DDPM vs DDIM; sliders | the model of 03 |
 # | [05 · Conditioning architectures](05_conditioning_architectures.ipynb) | modulation vs concat vs cross-attention; large-guidance fixes | the model of 03; trains three small ones |
+# | [06 · Guidance beyond CFG](06_guidance_methods.ipynb) | APG, CFG-Zero*, autoguidance against CFG on one adherence-variety frontier | the models of 03 and 05; trains three weak guides |
 #
 # Read them in order. Run them in any order: a notebook that needs 03's model trains it if it is not
 # there yet (the first one to run pays the few minutes), and every later one loads it. How this course

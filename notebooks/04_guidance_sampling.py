@@ -51,17 +51,18 @@ pipe = load_pipeline(config.checkpoint_dir)
 # The formula, as the lesson writes it: two forward passes and the mix, in `cfg_eps`:
 
 # %%
-from lib_cfg.diffusion import cfg_eps, guided_eps
+from lib_cfg.diffusion import cfg_eps, guided_eps, predict_both
 
 show(cfg_eps)
 
 # %% [markdown]
-# The library's `guided_eps` computes the same thing in **one** forward pass on a batch of 2N rows
-# (the null rows marked by `uncond_mask`), runs only one branch at $s = 0$ and $s = 1$, and takes the
-# options notebook 05 uses (a negative prompt, guidance rescale):
+# The library's `guided_eps` computes the same thing, runs only one branch at $s = 0$ and $s = 1$, and
+# takes the options notebook 05 uses (a negative prompt, guidance rescale). Its two predictions come
+# from `predict_both`: **one** forward pass on a batch of 2N rows, the null rows marked by `uncond_mask`
+# (notebook 06's methods take their predictions from it too):
 
 # %%
-show(guided_eps)
+show(guided_eps, predict_both)
 
 # %% [markdown]
 # Checked on the trained model: the two agree, $s=0$ is exactly the null-embedding model and $s=1$
@@ -219,7 +220,7 @@ image_grid_figure(torch.cat(list(rows.values())), ncols=len(small_texts), row_la
                   titles=small_texts * 3);
 
 # %% [markdown]
-# In the stored run DDPM took 79 s for the six images and DDIM 50 steps 4.2 s; DDPM got all six right
+# In the stored run DDPM took 79 s for the six images and DDIM 50 steps 4.1 s; DDPM got all six right
 # and DDIM 50 five. Six images are a small sample: the README's benchmarks compare the samplers on 108.
 
 # %% [markdown]

@@ -366,5 +366,5 @@ print(f"red: {red_plain:.1%} -> {red_negative:.1%}")
 #    prompt "a red circle on a black background". *Check:* judge the shapes: do circles drop while the
 #    colour stays red?
 #
-# **Next:** the README lists where to go from here: the lesson's own run (`--preset lesson` on a GPU),
-# the benchmarks, and the papers cited in these notebooks.
+# **Next:** [06 · Guidance beyond CFG](06_guidance_methods.ipynb) puts CFG next to APG, CFG-Zero* and
+# autoguidance on one adherence-variety plot.

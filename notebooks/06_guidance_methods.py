@@ -1,0 +1,342 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 06 · Guidance beyond CFG: APG, CFG-Zero* and autoguidance
+#
+# **Goal:** put classifier-free guidance next to three methods the field moved to after 2024, on one
+# plot: how much prompt-following each buys, and how much variety within a prompt it costs. By the
+# end you will have read each method's mix (a few lines each), checked it against diffusers' guider of
+# the same name, trained the weaker models that autoguidance needs, and measured which method, if any,
+# beats plain CFG on this data.
+#
+# All four take the same two (or three) noise predictions of one $x_t$ and mix them:
+#
+# | method | the mix | paper |
+# | --- | --- | --- |
+# | CFG | $\epsilon_u + s(\epsilon_c - \epsilon_u)$ | Ho & Salimans 2022 |
+# | APG | on the denoised $x_0$: $D_c + (s-1)(\Delta_\perp + \eta\,\Delta_\parallel)$, with $\Delta = D_c - D_u$ averaged with momentum and capped in norm | Sadat et al. 2024, "Eliminating oversaturation and artifacts of high guidance scales" |
+# | CFG-Zero* | $\alpha^*\epsilon_u + s(\epsilon_c - \alpha^*\epsilon_u)$, $\alpha^* = \langle\epsilon_c, \epsilon_u\rangle / \lVert\epsilon_u\rVert^2$; optionally the first steps predict $x_0 = 0$ | Fan et al. 2025 |
+# | autoguidance | $\epsilon_{bad} + s(\epsilon_c - \epsilon_{bad})$, $\epsilon_{bad}$ from a weaker model *with the same caption* | Karras et al. 2024, "Guiding a diffusion model with a bad version of itself" |
+#
+# At $s = 1$ every mix is the conditional prediction alone, so all four draw the same images there.
+
+# %% tags=["parameters"]
+import os
+
+# Which preset to run: `quick` (offline, CPU, minutes), `ci` (the short one CI runs), `lesson` (CLIP + AFHQ, CUDA).
+PRESET = os.environ.get("LIB_CFG_PRESET", "quick")
+
+# %%
+from dataclasses import replace
+
+import matplotlib.pyplot as plt
+import torch
+
+from lib_cfg.notebook import ensure_trained, setup, show
+from lib_cfg.sampling import load_pipeline
+
+config = setup(PRESET)
+ensure_trained(config)  # notebook 03's model
+pipe = load_pipeline(config.checkpoint_dir)
+
+# %% [markdown]
+# ## The methods, each a few lines
+#
+# Notebook 04 wrote CFG as `cfg_eps`: two predictions, one line of mixing. The three newer methods
+# change only that line. `apg` works on the denoised prediction $x_0$ (the sampler converts $\epsilon$
+# to $x_0$ and back): it splits the update $\Delta$ into the part parallel to $D_c$, which mostly makes
+# colours brighter and more saturated, and the orthogonal part, which carries the prompt, and keeps the
+# parallel part with weight `eta` (the paper's choice: 0). With `eta = 1`, no momentum and no cap it
+# is exactly CFG.
+
+# %%
+from lib_cfg.guidance import Guidance, apg, autoguidance, cfg_zero_star
+
+show(apg)
+
+# %% [markdown]
+# `cfg_zero_star` first fits the unconditional prediction to the conditional one by least squares
+# (the scale $\alpha^*$ per image), so guidance pushes along what the two really disagree on:
+
+# %%
+show(cfg_zero_star)
+
+# %% [markdown]
+# `autoguidance` is the CFG mix itself; what changes is where the second prediction comes from: a
+# weaker model given the *same* caption. The direction $\epsilon_c - \epsilon_{bad}$ then points away
+# from the weak model's typical mistakes rather than away from "no caption".
+
+# %%
+show(autoguidance)
+
+# %% [markdown]
+# ### The same numbers as diffusers
+#
+# diffusers ships each method as a guider with `forward(pred_cond, pred_uncond)`. On the predictions of
+# our model for one noisy batch, ours and theirs agree (`tests/test_guidance_methods.py` checks this at
+# five scales, with the options, to 1e-5). APG is compared in the paper's formulation
+# (`use_original_formulation=True`, scale $s - 1$): diffusers' default starts from $D_u$ with $s$, which
+# is the same only at `eta = 1`. diffusers builds autoguidance's weak model by skipping layers of the
+# main one; here the weak model is another checkpoint, and only the mix is compared.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from diffusers.guiders import AdaptiveProjectedGuidance, AutoGuidance, ClassifierFreeZeroStarGuidance
+
+g = torch.Generator().manual_seed(0)
+x_t, t = torch.randn(4, 3, config.resolution, config.resolution, generator=g), torch.full((4,), 600)
+cond_emb = pipe.embed(["a red circle on a black background"] * 4, "cpu")
+with torch.no_grad():
+    eps_c, eps_u = pipe.model(x_t, t, cond_emb), pipe.model(x_t, t, None)
+theirs = {"apg": AdaptiveProjectedGuidance(guidance_scale=2.0, eta=0.0, use_original_formulation=True,
+                                           adaptive_projected_guidance_rescale=0.0),
+          "cfg-zero-star": ClassifierFreeZeroStarGuidance(guidance_scale=3.0, zero_init_steps=0),
+          "autoguidance": AutoGuidance(guidance_scale=3.0, auto_guidance_layers=[0], dropout=1.0)}
+ours = {"apg": apg(eps_c, eps_u, 3.0), "cfg-zero-star": cfg_zero_star(eps_c, eps_u, 3.0),
+        "autoguidance": autoguidance(eps_c, eps_u, 3.0)}
+for name, guider in theirs.items():
+    guider.set_state(0, 10, t[0])
+    print(f"{name:14s} {type(guider).__name__:32s} agree to 1e-5: "
+          f"{torch.allclose(ours[name], guider.forward(eps_c, eps_u).pred, atol=1e-5)}")
+
+# %% [markdown]
+# ## Weaker models for autoguidance
+#
+# Karras et al. guide with a smaller, shorter-trained model of the same data and the same conditioning.
+# We try two: the same network trained for a quarter of the steps, and a network of half the width
+# trained for the same quarter. Both use the main model's text encoder (they must read the same
+# embeddings). Training them takes about a quarter of notebook 03's time each, or less.
+
+# %%
+# %%time
+# NBVAL_IGNORE_OUTPUT
+from lib_cfg.model import count_parameters
+
+GUIDES = {"shorter": replace(config, max_steps=config.max_steps // 4, checkpoint_dir=config.checkpoint_dir + "-guide-shorter"),
+          "smaller": replace(config, max_steps=config.max_steps // 4, model_channels=config.model_channels // 2,
+                             checkpoint_dir=config.checkpoint_dir + "-guide-smaller")}
+guide_models = {}
+for name, guide in GUIDES.items():
+    ensure_trained(guide, silent=True)
+    guide_models[name] = load_pipeline(guide.checkpoint_dir).model
+    print(f"{name}: {count_parameters(guide_models[name]) / 1e6:.2f}M parameters, {guide.max_steps} steps "
+          f"(the main model: {count_parameters(pipe.model) / 1e6:.2f}M, {config.max_steps} steps)")
+
+# %% [markdown]
+# ## The frontier: adherence against variety
+#
+# For each method we sweep the scale and measure, as in notebook 04, **adherence** (the judge: colour
+# and shape both right, `all`) and **variety within a prompt** (how much the object's position and size
+# vary among the samples of one prompt, `layout_variety`, in pixels). Every point uses the same
+# prompts and the same starting noise. APG runs twice: with `eta = 0` alone (the projection), and with
+# the paper's other two parts added, momentum $-0.5$ and a cap of 15 on the update's norm. CFG-Zero*
+# runs without zero-init (exercise 2 measures it).
+
+# %%
+from lib_cfg.evaluation import tradeoff
+
+SCALES = [1, 3, 7.5] if PRESET == "ci" else [1, 2, 3, 5, 7.5]  # CI checks the code on fewer points
+N_PER_PROMPT = 2 if PRESET == "ci" else 3
+STEPS = 10 if PRESET == "ci" else 25
+APG = dict(eta=0.0, momentum=-0.5, norm_threshold=15.0)
+METHODS = {"cfg": None, "apg (projection only)": Guidance("apg"), "apg (+ momentum, cap)": Guidance("apg", **APG),
+           "cfg-zero-star": Guidance("cfg-zero-star"),
+           "autoguidance (shorter)": Guidance("autoguidance", guide_model=guide_models["shorter"]),
+           "autoguidance (smaller)": Guidance("autoguidance", guide_model=guide_models["smaller"])}
+
+# %%
+# %%time
+# NBVAL_IGNORE_OUTPUT
+results = {name: tradeoff(pipe, SCALES, N_PER_PROMPT, STEPS, guidance=guidance) for name, guidance in METHODS.items()}
+
+# %%
+print("method                 |" + "".join(f"    s = {s:<5g}   |" for s in SCALES))
+print("                       |" + "  all    variety |" * len(SCALES))
+for name, r in results.items():
+    print(f"{name:22s} |" + "".join(f" {r[f'{s:g}']['all']:6.1%} {r[f'{s:g}']['variety']:5.2f}px |" for s in SCALES))
+
+# %%
+fig, ax = plt.subplots(figsize=(6.5, 4))
+for name, r in results.items():
+    xs, ys = [r[f"{s:g}"]["variety"] for s in SCALES], [r[f"{s:g}"]["all"] for s in SCALES]
+    ax.plot(xs, ys, "o-", label=name, alpha=0.85)
+    for s, x, y in zip(SCALES, xs, ys):
+        if s in (1, 3, 7.5):
+            ax.annotate(f"{s:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+ax.set_xlabel("variety within a prompt (px; more is better)"), ax.set_ylabel("adherence: colour and shape right")
+ax.set_title("each method over its scale (labels: s)", fontsize=9), ax.grid(alpha=.3), ax.legend(fontsize=7);
+
+# %% [markdown]
+# Up and to the right is better. At $s = 1$ all five points coincide: every mix is the conditional
+# prediction there, so the images are the same (checked below, in CI too).
+
+# %%
+first = results["cfg"]["1"]
+for name, r in results.items():
+    assert r["1"] == first, name  # the same images at s = 1, whatever the method
+print("s = 1: the same adherence and variety for every method:", {k: round(v, 3) for k, v in first.items()})
+
+# %% [markdown]
+# ### Who wins where
+#
+# Two readings of the frontier, against plain CFG at $s = 3$ (the course's default):
+# - **adherence at equal variety**: the best adherence a method reaches at any scale while keeping at
+#   least CFG's variety at $s = 3$;
+# - **variety at equal adherence**: the most variety a method keeps at any scale while reaching at
+#   least CFG's adherence at $s = 3$.
+#
+# A method dominates CFG where it beats it on one reading without losing on the other.
+
+# %%
+ref = results["cfg"]["3"]
+
+
+def best(r, key, floor_key, floor):
+    """The largest r[s][key] over the scales s where r[s][floor_key] >= floor (None: no such scale)."""
+    values = [v[key] for v in r.values() if v[floor_key] >= floor]
+    return max(values) if values else None
+
+
+print(f"CFG at s = 3: adherence {ref['all']:.1%}, variety {ref['variety']:.2f} px")
+print(f"{'method':22s} | adherence at >= CFG's variety | variety at >= CFG's adherence")
+table = {}
+for name, r in results.items():
+    table[name] = (best(r, "all", "variety", ref["variety"]), best(r, "variety", "all", ref["all"]))
+    a, v = table[name]
+    print(f"{name:22s} | {'never' if a is None else f'{a:.1%}':>29} | {'never' if v is None else f'{v:.2f} px':>29}")
+
+# %% [markdown]
+# What the stored run (`quick`, 600 steps) shows. With three samples per prompt, a difference of a few
+# points in adherence is within the judge's counting noise, so read the frontier for its shape:
+#
+# - **No method clearly dominates CFG on this data.** CFG-Zero* stays on CFG's curve (81.5% against 79.6%
+#   at $s = 3$, with the same variety): where the two predictions nearly agree, $\alpha^*$ is close to 1
+#   and the mix is nearly CFG's.
+# - **APG (projection only)** sits on or just above CFG's curve around $s = 3$ (85.2% at 0.97 px) and
+#   reaches the same 96.3% at $s = 7.5$ with less variety (0.56 against 0.70 px). Momentum and the cap
+#   move its points back along the curve, like a smaller $s$, not off it.
+# - **Autoguidance** is the one that keeps variety at large $s$ (1.01 px at $s = 7.5$ against CFG's
+#   0.70) and, at $s = 2$, a little more adherence than CFG (74.1% and 75.9% against 68.5%). Beyond that
+#   its adherence stops and falls, so it never reaches CFG's 79.6%: a weak model given the *same*
+#   caption already gets much of the prompt right, so guiding away from it sharpens what the model
+#   draws more than it enforces the prompt. (Karras et al. use it for image quality and combine it with
+#   CFG for prompt alignment.) Of the two guides, the shorter run holds its adherence up to $s = 5$;
+#   the half-width model falls to 55.6% there.
+#
+# ## Saturation and clipping at high scale
+#
+# Large $s$ pushes pixels to the ends of the range. APG was designed against exactly this. At the
+# largest scale, the share of clipped channel values among the object's pixels and their mean
+# saturation (notebook 05 measured 0.854 on real images):
+
+# %%
+s_max = f"{SCALES[-1]:g}"
+print(f"at s = {s_max}:   clipped   saturation")
+for name, r in results.items():
+    print(f"{name:22s} {r[s_max]['clipped']:7.3f}   {r[s_max]['saturation']:10.3f}")
+
+# %% [markdown]
+# In the stored run APG clips least among the prompt-following methods (0.035 and 0.038 against CFG's
+# 0.096), but its colours are the least saturated (0.737 and 0.765 against 0.823): it removes the
+# over-exposure by washing the colours out, further below the real images' 0.854 than CFG's.
+# CFG-Zero* clips less than CFG (0.061) at the same saturation; the shorter-run autoguidance
+# clips least of all (0.027), in line with its smaller push.
+#
+# ## Sample grids from the same noise
+#
+# Two prompts, four samples each at $s = 7.5$, one row per method: the same starting noise in every row.
+
+# %%
+from lib_cfg.plotting import image_grid_figure
+
+prompts = ["a red circle on a black background"] * 4 + ["a blue triangle on a black background"] * 4
+rows = [pipe(prompts, 7.5, STEPS, seed=3, guidance=guidance) for guidance in METHODS.values()]
+image_grid_figure(torch.cat(rows), ncols=len(prompts), row_labels=list(METHODS), cell=0.9);
+
+# %% [markdown]
+# ## Binding on coloured backgrounds
+#
+# Notebook 05's hardest task: "a red circle on a blue background" must not come out blue on red. Only
+# its cross-attention model binds; here each method guides that model (and autoguidance a copy of it
+# trained for a quarter of the steps). Adherence is **binding**: object and background colour both
+# right.
+
+# %%
+# %%time
+# NBVAL_IGNORE_OUTPUT
+from lib_cfg.config import SYNTHETIC_BG_DATASET, get_preset
+
+xattn = replace(get_preset("ci", dataset=SYNTHETIC_BG_DATASET), conditioning="cross_attention",
+                checkpoint_dir="checkpoints/compare-bg-cross_attention")  # notebook 05's model
+xattn_weak = replace(xattn, max_steps=xattn.max_steps // 4, checkpoint_dir=xattn.checkpoint_dir + "-guide-shorter")
+for c in (xattn, xattn_weak):
+    ensure_trained(c, silent=True)
+bg_pipe = load_pipeline(xattn.checkpoint_dir)
+BG_METHODS = {"cfg": None, "apg (projection only)": Guidance("apg"), "cfg-zero-star": Guidance("cfg-zero-star"),
+              "autoguidance (shorter)": Guidance("autoguidance", guide_model=load_pipeline(xattn_weak.checkpoint_dir).model)}
+BG_SCALES = [1, 3, 7.5] if PRESET == "ci" else [1, 3, 5, 7.5]
+# every third of the 90 prompts (30), twice each
+bg = {name: tradeoff(bg_pipe, BG_SCALES, 2, STEPS, backgrounds=True, every=3, guidance=guidance)
+      for name, guidance in BG_METHODS.items()}
+
+# %%
+print("method                 |" + "".join(f"    s = {s:<5g}   |" for s in BG_SCALES))
+print("                       |" + " binding variety |" * len(BG_SCALES))
+for name, r in bg.items():
+    print(f"{name:22s} |" + "".join(f" {r[f'{s:g}']['binding']:6.1%} {r[f'{s:g}']['variety']:5.2f}px |" for s in BG_SCALES))
+assert all(r["1"] == bg["cfg"]["1"] for r in bg.values())  # s = 1: the same images for every method
+
+# %% [markdown]
+# In the stored run binding rises with $s$ for CFG, APG and CFG-Zero* alike (68.3%, 71.7% and 66.7% at
+# $s = 3$; 95.0%, 90.0% and 91.7% at $s = 7.5$), while autoguidance with the shorter cross-attention run
+# stops near 60% and falls to 48.3% at $s = 7.5$, with the least variety. One reading: the direction
+# from "no caption" to "red on blue" includes which colour goes where, while the direction from a weak
+# model that was also given "red on blue" need not.
+#
+# ## Summary
+#
+# - Each method is a different mix of the same predictions: CFG's line, with the update projected
+#   (APG), the unconditional prediction rescaled (CFG-Zero*), or a weaker model in its place
+#   (autoguidance). Each equals diffusers' guider on the same inputs.
+# - At $s = 1$ they are all the conditional model; they differ in how they trade variety for
+#   adherence as $s$ grows.
+# - On these shapes no method clearly beats CFG's frontier. CFG-Zero* is CFG within the noise; APG
+#   removes most of the clipping at large $s$ and pays in saturation; autoguidance keeps variety and
+#   adds a little adherence at small $s$, but neither reaches CFG's adherence at large $s$ nor helps
+#   binding. A shorter run of the same network made the better guide.
+#
+# ## Exercises
+#
+# 1. **APG's knobs.** Sweep `eta` in {0, 0.5, 1} with momentum 0 and no cap, at $s = 5$. *Check:* with
+#    `eta = 1` the row must equal plain CFG at $s = 5$ exactly (it is the same formula): does it? Which
+#    `eta` keeps saturation closest to the real images' 0.85?
+# 2. **Zero-init.** Add `Guidance("cfg-zero-star", zero_init_steps=k)` for k = 1, 2, 5 (of 25 steps) to the
+#    sweep. *Check:* print `layout_variety` at $s = 3$ for each k: does skipping the first steps raise
+#    variety, and at what cost in adherence?
+# 3. **How bad should the guide be?** Train guides for 1/8 and 1/2 of the steps
+#    (`replace(config, max_steps=..., checkpoint_dir=...)`, then `ensure_trained`). *Check:* plot the
+#    autoguidance frontier for each next to CFG's: which guide gives the best adherence at CFG's
+#    variety?
+# 4. **Autoguidance and CFG together.** Karras et al. combine the two. Write an `eps_fn` for `denoise`
+#    that takes $\epsilon_{bad} + s_a(\epsilon_c - \epsilon_{bad})$ and then adds
+#    $(s_c - 1)(\epsilon_c - \epsilon_u)$. *Check:* with $s_a = 1$ it must equal CFG at $s_c$ exactly;
+#    then sweep $s_a \in \{1, 2\}$ at $s_c = 3$ and compare adherence and variety with CFG's row.
+# 5. **From the command line.** Run `python -m lib_cfg evaluate --checkpoint checkpoints/quick-course
+#    --guidance apg --apg_momentum -0.5 --apg_norm_threshold 4 --scales 1 3 7.5 --json`. *Check:* its
+#    `all` at $s = 3$ should be close to the APG row above (the CLI uses 50 steps and 6 samples per prompt).
+#
+# **Next:** the README lists where to go from here: the lesson's own run (`--preset lesson` on a GPU),
+# the benchmarks, and the papers cited in these notebooks.
