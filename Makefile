@@ -49,10 +49,11 @@ bench: .venv/.installed
 bench-quick: .venv/.installed
 	$(PY) -m lib_cfg.bench --quick
 
-# For a CUDA machine that has torch but no internet: write data/text_cache (the synthetic captions' embeddings),
-# copy the repository with it, and there run `bash tools/gpu_bench.sh`.
+# For a CUDA machine without internet: decode the images and encode the captions tools/gpu_bench.sh trains on
+# into data/image_cache and data/text_cache (the offline stand-ins; LESSON=1: also the lesson's AFHQ captions and
+# CLIP, from the hub), then copy the repository with data/ and there run `bash tools/gpu_bench.sh`.
 gpu-prep: .venv/.installed
-	$(PY) -c "from lib_cfg.bench import prepare_text_cache; prepare_text_cache()"
+	HF_HUB_OFFLINE=$(if $(LESSON),0,1) $(PY) -m lib_cfg.bench --prepare $(if $(LESSON),--lesson,)
 
 clean-generated:
-	rm -rf data/synthetic-* data/text_cache checkpoints/quick checkpoints/quick-course checkpoints/ci checkpoints/compare-bg-* samples
+	rm -rf data/synthetic-* data/text_cache data/image_cache data/lesson-smoke checkpoints/quick checkpoints/quick-course checkpoints/ci checkpoints/lesson-smoke checkpoints/compare-bg-* samples

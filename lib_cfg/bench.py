@@ -24,15 +24,15 @@ import torch
 
 from .bench_report import machine, read_results, write_results
 from .bookkeeping import Callback, sampling_model
-from .config import OFFLINE_TEXT_ENCODER, SYNTHETIC_DATASET, get_preset, resolve_device, use_bf16
-from .data import load_data
+from .config import get_preset, resolve_device, use_bf16
+from .data import all_captions, image_cache_path, load_data
 from .diffusion import DDIMSampler, cfg_eps, guided_eps, noise_schedule_for
 from .evaluation import adherence_sweep, attribute_accuracy, evaluation_prompts, judge
 from .model import UNetModel, count_parameters, create_unet_model
 from .sampling import load_pipeline
-from .synthetic import COLORS, SHAPES, TEMPLATES, caption
+from .stand_ins import AFHQ_LIKE, CLIP_TEXT_768
 from .text_encoder import EmbeddingCache, TextEncoder
-from .train import make_optimizer, run_training, training_step
+from .train import compiled, make_optimizer, run_training, training_step
 
 
 def diffusers_unet(config, text_embed_dim: int):
@@ -121,11 +121,14 @@ def train_speed(config, text_embed_dim: int, steps: int, rounds: int = 3) -> dic
     models = {"lib_cfg": create_unet_model(config, device, text_embed_dim, verbose=False),
               "diffusers": diffusers_unet(config, text_embed_dim).to(device)}
     opts = {k: make_optimizer(m, config) for k, m in models.items()}
+    stepped = {k: compiled(m, config, device) for k, m in models.items()}  # config.compile: both, the same way
     b, r = config.batch_size, config.resolution
     x0, te = torch.randn(b, 3, r, r, device=device), torch.randn(b, text_embed_dim, device=device)
 
     def step(name):
-        training_step(models[name], opts[name], x0, te, schedule, config)
+        if config.compile and device.startswith("cuda"):
+            torch.compiler.cudagraph_mark_step_begin()
+        training_step(stepped[name], opts[name], x0, te, schedule, config)
 
     seconds = {k: [] for k in models}  # per round
     peak, memory = {}, PeakMemory(device)
@@ -228,6 +231,9 @@ def time_to_bar(config, every: int = 100, first: int = 300, n_per_prompt: int = 
         def due(self, step):
             return True
 
+        def wants_loss(self, step):
+            return False  # judges the weights, not the loss: no reason to wait for the device
+
         def __call__(self, ctx):
             if clock["first_step"] is None:
                 clock["first_step"] = time.perf_counter() - clock["start"]
@@ -260,53 +266,74 @@ def time_to_bar(config, every: int = 100, first: int = 300, n_per_prompt: int = 
             "checks": checks}
 
 
-def lesson_run(steps: int = 3000, device: str = "auto", warmup: int = 100, synthetic_size: int = 20000) -> dict:
-    """Train the lesson-sized model (14.6M parameters, 32x32, batch 16) on the offline data and text encoder for
-    `steps` steps with the lesson's bookkeeping; steps/s from step `warmup` to the step before the last (which
-    validates, samples and saves), and the projection to 20 000 steps.
-    Meant for a CUDA machine (tools/gpu_bench.sh); runs anywhere."""
-    lesson = get_preset("lesson")
-    config = replace(lesson, dataset=SYNTHETIC_DATASET, text_encoder=OFFLINE_TEXT_ENCODER, device=device,
-                     max_steps=steps, synthetic_size=synthetic_size, save_every=steps)
-    device = resolve_device(device)
+def loop_speed(config, steps: int, warmup: int) -> dict:
+    """Steps/s of the whole training loop (`run_training`: data, embedding lookup, step, EMA, logging) on
+    `config` for `steps` steps in a temporary folder, timed from step `warmup` to the step before the last
+    (which validates, samples and saves)."""
+    device = resolve_device(config.device)
     marks = {}
 
     class Clock(Callback):
-        def due(self, step):  # the last step also validates, samples and saves: stop the clock one before
+        def due(self, step):
             return step in (warmup, steps - 1)
 
         def __call__(self, ctx):
-            _sync(device)  # the step's kernels are done (loss.item() waits for them too)
+            _sync(device)  # this step's kernels are done
             marks[ctx["step"]] = time.perf_counter()
 
-    if str(device).startswith("cuda"):
+    if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        model, _, bookkeeping, _ = run_training(replace(config, checkpoint_dir=tmp), silent=True,
-                                                extra_callbacks=[Clock()])
+        model, _, bookkeeping, _ = run_training(replace(config, max_steps=steps, save_every=steps, checkpoint_dir=tmp),
+                                                silent=True, extra_callbacks=[Clock()])
     total = time.perf_counter() - start
     rate = (steps - 1 - warmup) / (marks[steps - 1] - marks[warmup])
-    return {"device": torch.cuda.get_device_name() if str(device).startswith("cuda") else str(device),
+    return {"device": torch.cuda.get_device_name() if device.startswith("cuda") else device,
             "precision": "bf16 autocast" if use_bf16(device, config.mixed_precision) else "fp32",
+            "compile": getattr(config, "compile", False),
             "parameters_M": round(count_parameters(model) / 1e6, 2), "resolution": config.resolution,
-            "batch": config.batch_size, "steps": steps, "steps_per_s": round(rate, 2),
-            "images_per_s": round(rate * config.batch_size, 1), "wall_s": round(total, 1),
-            "projected_20k_steps_min": round((lesson.max_steps / rate + (total - steps / rate)) / 60, 2),
+            "batch": config.batch_size, "steps": steps, "timed_steps": steps - 1 - warmup,
+            "steps_per_s": round(rate, 2), "images_per_s": round(rate * config.batch_size, 1),
+            "wall_s": round(total, 1), "setup_s": round(total - steps / rate, 1),
             "last_loss": round(bookkeeping.history["loss"][-1], 4),
-            "peak_memory_mib": round(torch.cuda.max_memory_allocated() / 2 ** 20) if str(device).startswith("cuda")
+            "peak_memory_mib": round(torch.cuda.max_memory_allocated() / 2 ** 20) if device.startswith("cuda")
             else None}
 
 
-def prepare_text_cache(data_dir: str = "data") -> str:
-    """Encode every caption the synthetic data can have (colours x shapes x templates) with the offline
-    encoder into data_dir/text_cache, so a machine without the encoder's package can train on it."""
-    path = EmbeddingCache.default_path(data_dir, OFFLINE_TEXT_ENCODER)
-    cache = EmbeddingCache(path=path, model_name=OFFLINE_TEXT_ENCODER)
-    texts = [caption(c, s, k) for c in COLORS for s in SHAPES for k in range(len(TEMPLATES))]
-    cache.warm(texts + [""])
-    print(f"{path}: {len(cache.table)} captions")
-    return path
+def gpu_bench_config(device: str = "auto", data_dir: str = "data"):
+    """The `lesson` preset as tools/gpu_bench.sh trains it: on the lesson's own data and CLIP embeddings when
+    `make gpu-prep LESSON=1` could fetch and cache them, else on the offline stand-ins (AFHQ-shaped images,
+    a 768-d CLIP-architecture encoder). Either way the images come decoded from data_dir/image_cache and the
+    embeddings from data_dir/text_cache."""
+    lesson = get_preset("lesson", device=device, data_dir=data_dir)
+    if os.path.exists(image_cache_path(lesson)) and os.path.exists(EmbeddingCache.for_config(lesson).path):
+        return lesson
+    return replace(lesson, dataset=AFHQ_LIKE, text_encoder=CLIP_TEXT_768)
+
+
+def prepare(config) -> None:
+    """Decode config's images into data_dir/image_cache and encode its captions into data_dir/text_cache, so
+    a machine without the dataset, the encoder, `datasets` or `transformers` can train from those files."""
+    train_ds, val_ds = load_data(config)
+    cache = EmbeddingCache.for_config(config)
+    cache.warm(all_captions(train_ds) + all_captions(val_ds))
+    print(f"{config.dataset}: {len(train_ds) + len(val_ds)} images in {image_cache_path(config)}; "
+          f"{len(cache.table)} captions in {cache.path}")
+
+
+def lesson_run(steps: int = 3000, device: str = "auto", warmup: int = 100, data_dir: str = "data",
+               variants=("eager", "compiled")) -> dict:
+    """The lesson-sized model (14.6M parameters, 32x32, batch 16, 768-d embeddings) in the whole loop, eager and
+    compiled (`compile`: CUDA graphs on CUDA), and each one's projection to the lesson's 20 000 steps.
+    Meant for a CUDA machine (tools/gpu_bench.sh); runs anywhere."""
+    config = gpu_bench_config(device, data_dir)
+    out = {"data": config.dataset, "text_encoder": config.text_encoder}
+    for name in variants:
+        result = loop_speed(replace(config, compile=name == "compiled"), steps, warmup)
+        result["projected_20k_steps_s"] = round(config.max_steps / result["steps_per_s"] + result["setup_s"], 1)
+        out[name] = result
+    return out
 
 
 def sampler_table(checkpoint: str, n_per_prompt: int = 2) -> list:
@@ -327,7 +354,7 @@ def sampler_table(checkpoint: str, n_per_prompt: int = 2) -> list:
     return rows
 
 
-PARTS = ("train", "cache", "cfg", "samplers", "time_to_bar", "lesson_run")
+PARTS = ("train", "cache", "cfg", "samplers", "loop", "time_to_bar", "lesson_run")
 
 
 def main(argv=None):
@@ -341,8 +368,16 @@ def main(argv=None):
     p.add_argument("--checkpoint", default="checkpoints/quick", help="trained model for the sampler table")
     p.add_argument("--lesson_steps", type=int, default=3000, help="steps of the lesson_run part")
     p.add_argument("--out", default="benchmarks")
+    p.add_argument("--prepare", action="store_true", help="only write the image and text caches lesson_run reads "
+                   "(`make gpu-prep`), for the stand-ins, and with --lesson for the lesson's own data too")
+    p.add_argument("--lesson", action="store_true", help="with --prepare: also the lesson's dataset and CLIP (hub)")
     args = p.parse_args(argv)
-    parts = args.only or (PARTS[:4] if args.quick else PARTS[:5])  # lesson_run: ask for it (a GPU job)
+    if args.prepare:
+        prepare(replace(get_preset("lesson"), dataset=AFHQ_LIKE, text_encoder=CLIP_TEXT_768))
+        if args.lesson:
+            prepare(get_preset("lesson", device=args.device))
+        return
+    parts = args.only or (PARTS[:5] if args.quick else PARTS[:6])  # lesson_run: ask for it (a GPU job)
     results = read_results(args.out, args.quick) if args.only else {}
     results["machine"] = machine()
     quick = get_preset("quick", device=args.device)
@@ -352,9 +387,9 @@ def main(argv=None):
                                 "quick_fp32": train_speed(replace(quick, mixed_precision="no"), 384, args.steps,
                                                           args.rounds)}
             if not args.quick:
-                lesson = get_preset("lesson", device=args.device)
+                lesson = get_preset("lesson", device=args.device)  # fp32, as the lesson trains
                 results["train"]["lesson"] = train_speed(lesson, 768, args.steps, 4)
-                results["train"]["lesson_fp32"] = train_speed(replace(lesson, mixed_precision="no"), 768,
+                results["train"]["lesson_bf16"] = train_speed(replace(lesson, mixed_precision="bf16"), 768,
                                                               args.steps, 4)
             results["train_speedup_vs_diffusers"] = results["train"]["quick"]["speedup"]
         elif part == "cache":
@@ -367,10 +402,16 @@ def main(argv=None):
                 print(f"no trained model in {args.checkpoint} (make train): sampler table skipped")
                 continue
             results["samplers"] = sampler_table(args.checkpoint, 1 if args.quick else 6)
+        elif part == "loop":
+            results["loop"] = loop_speed(quick, 120, 20)
         elif part == "time_to_bar":
             results["time_to_bar"] = time_to_bar(quick)
         elif part == "lesson_run":
             results["lesson_run"] = lesson_run(args.lesson_steps, args.device)
+            # The same lesson-size step, ours against diffusers' UNet2DModel, eager and both compiled
+            config = gpu_bench_config(args.device)
+            results["lesson_vs_diffusers"] = {name: train_speed(replace(config, compile=name == "compiled"), 768,
+                                                                args.steps, 4) for name in ("eager", "compiled")}
         results.setdefault("measured", {})[part] = results["machine"]["date"]
     write_results(results, args.out, args.quick)
     print(json.dumps(results, indent=1))

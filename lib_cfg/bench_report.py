@@ -87,10 +87,22 @@ def to_markdown(results: dict) -> str:
                   "| --- | --- | --- | --- | --- |"]
         lines += [f"| {c['step']} | {c['train_s']} | {c['color']:.1%} | {c['shape']:.1%} | {c['all']:.1%} |"
                   for c in b["checks"]]
+    if "loop" in results:
+        r = results["loop"]
+        lines += ["", "## The whole training loop (quick preset: data, cached embeddings, step, EMA, logging)\n",
+                  f"{r['parameters_M']}M parameters, {r['resolution']}x{r['resolution']}, batch {r['batch']}, "
+                  f"{r['precision']} on {r['device']}: **{r['steps_per_s']} steps/s** ({r['images_per_s']} img/s) over "
+                  f"{r['timed_steps']} timed steps\n"]
     if "lesson_run" in results:
         r = results["lesson_run"]
-        lines += ["", "## The lesson-sized run (tools/gpu_bench.sh)\n", f"{r['parameters_M']}M parameters, {r['resolution']}x"
-                  f"{r['resolution']}, batch {r['batch']}, {r['precision']} on {r['device']}: **{r['steps_per_s']} steps/s** "
-                  f"over {r['steps']} steps; 20 000 steps projected at **{r['projected_20k_steps_min']} min**; peak "
-                  f"memory {r['peak_memory_mib']} MiB\n"]
+        lines += ["", "## The lesson-sized run (tools/gpu_bench.sh)\n", f"data {r['data']}, text encoder {r['text_encoder']} "
+                  "(images and embeddings read from data/image_cache and data/text_cache)\n",
+                  "| loop | parameters | precision | steps/s | img/s | 20k steps projected | peak MiB |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {name} | {v['parameters_M']}M | {v['precision']} | {v['steps_per_s']} | {v['images_per_s']} | "
+                  f"{v['projected_20k_steps_s']} s | {v['peak_memory_mib']} |" for name, v in r.items() if isinstance(v, dict)]
+    if "lesson_vs_diffusers" in results:
+        lines += ["", "## The lesson-sized step: lib_cfg vs diffusers UNet2DModel\n"]
+        lines += [f"- {name}: {v['images_per_s']['lib_cfg']} vs {v['images_per_s']['diffusers']} img/s, "
+                  f"**{v['speedup']}x**" for name, v in results["lesson_vs_diffusers"].items()]
     return "\n".join(lines) + "\n"

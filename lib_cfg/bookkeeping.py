@@ -27,6 +27,10 @@ class Callback:
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
 
+    def wants_loss(self, step: int) -> bool:
+        """Whether this step's call reads the loss or the history: the loop then brings the losses to the host."""
+        return self.due(step)
+
     def __call__(self, ctx: Dict) -> None:
         raise NotImplementedError
 
@@ -41,9 +45,21 @@ class Bookkeeping:
         self.callbacks = callbacks
         self.history: Dict[str, list] = {"step": [], "loss": [], "lr": [], "val_step": [], "val_loss": []}
         self.interrupted = False  # set by train() when a signal stopped it
+        self.active = True  # False under torchrun outside process 0: the callbacks say when, but do not run
+
+    def record(self, step: int, loss: float, lr: float) -> None:
+        """One step's loss and learning rate in the history (the loop records them when it reads them)."""
+        self.history["step"].append(step)
+        self.history["loss"].append(loss)
+        self.history["lr"].append(lr)
+
+    def wants_loss(self, step: int) -> bool:
+        return any(cb.wants_loss(step) for cb in self.callbacks)
 
     def run_callbacks(self, step: int, final: bool = False, **ctx) -> None:
         """Run each callback whose turn it is (and, after the last step, those that run at the end)."""
+        if not self.active:
+            return
         ctx = {**ctx, "step": step, "final": final, "history": self.history}
         for cb in self.callbacks:
             if cb.due(step) or (final and cb.at_end):
@@ -52,7 +68,7 @@ class Bookkeeping:
     def save_now(self, step: int, **ctx) -> None:
         """Checkpoint now (used when training is interrupted), unless this step is already saved."""
         ctx = {**ctx, "step": step, "history": self.history}
-        for cb in self.callbacks:
+        for cb in self.callbacks if self.active else []:
             if isinstance(cb, CheckpointCallback) and cb.last_step != step:
                 cb(ctx)
 
@@ -61,8 +77,8 @@ class Bookkeeping:
 def update_ema(ema_model, model, decay: float, step: int) -> None:
     """ema <- d * ema + (1 - d) * model; d ramps up early so short runs get a useful average."""
     d = min(decay, (1 + step) / (10 + step))
-    for e, p in zip(ema_model.parameters(), model.parameters()):
-        e.lerp_(p, 1 - d)
+    # One multi-tensor kernel for all the weights on CUDA, instead of one launch per tensor (~365 a step).
+    torch._foreach_lerp_(list(ema_model.parameters()), list(model.parameters()), 1 - d)
 
 
 class EMACallback(Callback):
@@ -75,33 +91,37 @@ class EMACallback(Callback):
     def __init__(self, decay: float):
         self.every, self.decay = 1, decay
 
+    def wants_loss(self, step):
+        return False
+
     def __call__(self, ctx):
         if ctx.get("ema_model") is not None:
             update_ema(ctx["ema_model"], ctx["model"], self.decay, ctx["step"] - 1)
 
 
 class LogCallback(Callback):
-    """Records loss and learning rate every step; prints (or posts to the progress bar) every `every`."""
+    """Every `every` steps (and at the end) prints, or posts to the progress bar, the mean loss since the last
+    line, the learning rate and images/s, and appends them to log_file (JSON lines)."""
 
     def __init__(self, every: int, log_file: Optional[str] = None, printer=tqdm.write):
         self.every, self.log_file, self.printer = every, log_file, printer
-        self._t = self._step = self._start = None
+        self._t = self._step = None
 
     def due(self, step):
-        return True  # record every step; print only every `every` and at the end
+        return True  # called every step, to start the clock at the first one; prints only every `every`
+
+    def wants_loss(self, step):
+        return step % self.every == 0
 
     def __call__(self, ctx):
         h, step = ctx["history"], ctx["step"]
-        if self._start is None:
-            self._start = (time.perf_counter(), step)
-        h["step"].append(step)
-        h["loss"].append(float(ctx["loss"]))
-        h["lr"].append(ctx["lr"])
+        if self._t is None:  # the first step this callback saw (its own time is not counted)
+            self._t, self._step = time.perf_counter(), step
+            if not ctx.get("final"):
+                return
         if step % self.every and not ctx.get("final"):
             return
         now = time.perf_counter()
-        if self._t is None:  # first print: time from the first step this callback saw
-            self._t, self._step = self._start
         ips = (step - self._step) * ctx["batch_size"] / max(now - self._t, 1e-9)
         self._t, self._step = now, step
         recent = h["loss"][-self.every:]

@@ -38,6 +38,10 @@ def _convert(name: str, value: str):
     kind = {f.name: f.type for f in fields(TrainingConfig)}[name]
     kind = typing.get_type_hints(TrainingConfig)[name] if isinstance(kind, str) else kind
     try:
+        if kind is bool:
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1", "yes")
         if kind is int:
             return int(value)
         if kind is float:
@@ -142,7 +146,9 @@ def _describe(checkpoint):
     name = preset_of(config)
     what = {"lesson": "the `lesson` preset (CLIP ViT-L/14 text encoder, AFHQ captions, 32x32)",
             "quick": "the `quick` preset (synthetic shapes, offline MiniLM encoder, 16x16)",
-            "ci": "the `ci` preset (short test run)"}.get(name, "a custom config")
+            "ci": "the `ci` preset (short test run)",
+            "lesson-smoke": "the `lesson-smoke` preset (the lesson's path at toy size: a local CLIP-architecture "
+                            "encoder, AFHQ-shaped data, 32x32)"}.get(name, "a custom config")
     print(f"checkpoint {checkpoint}: {what}, step {state['step']}, text encoder {config.text_encoder}")
 
 

@@ -6,24 +6,32 @@ Three sources, chosen by `config.dataset`:
   with a `file_name` column and a caption column;
 - anything else is a Hugging Face Hub dataset id (the lesson's `reese-green/afhq64_captions_64k`),
   or a folder written by `datasets.Dataset.save_to_disk`.
+The last two are decoded once into uint8 tensors, kept in data_dir/image_cache: later runs (and a machine
+without the dataset, given that file) start from there.
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import warnings
-from typing import Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 from .config import SYNTHETIC_BG_DATASET, SYNTHETIC_DATASET, TrainingConfig
+from .stand_ins import ensure_stand_in
 from .synthetic import load_synthetic
 
 
-def to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
-    """Any PIL image (grayscale, RGBA, palette, any size) -> [3 x R x R] in [-1, 1].
+def to_uint8(image: Image.Image, resolution: int) -> torch.Tensor:
+    """Any PIL image (grayscale, RGBA, palette, any size) -> uint8 [3 x R x R].
 
     Transparent pixels are composited on black; the image is centre-cropped to a square, then resized.
     """
@@ -36,28 +44,73 @@ def to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
     side = min(w, h)
     image = image.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
     image = image.resize((resolution, resolution), Image.BICUBIC if side > resolution else Image.NEAREST)
-    x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
-    return x.float() / 127.5 - 1.0
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
-class CaptionedImages(torch.utils.data.Dataset):
-    """Wraps a `datasets.Dataset` with an image column and a caption column."""
+def to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
+    """Any PIL image -> [3 x R x R] in [-1, 1] (`to_uint8`, then scaled)."""
+    return to_uint8(image, resolution).float() / 127.5 - 1.0
 
-    def __init__(self, hf_dataset, image_column: str, caption_column: str, resolution: int):
-        self.ds, self.image_column, self.caption_column, self.resolution = \
-            hf_dataset, image_column, caption_column, resolution
+
+class DecodedImages(torch.utils.data.Dataset):
+    """Captioned images decoded once: images uint8 [N x 3 x R x R] (64k images at 32x32 are 200 MB), so a
+    training step indexes a tensor instead of decoding files. Items are (image [3 x R x R] in [-1, 1],
+    {"text": caption, and the dataset's other number or string columns, e.g. "label"})."""
+
+    def __init__(self, images: torch.Tensor, captions: List[str], extra: Dict[str, list]):
+        self.images, self.captions, self.extra = images, captions, extra
 
     def __len__(self):
-        return len(self.ds)
+        return len(self.images)
 
     def __getitem__(self, i):
-        row = self.ds[int(i)]
-        image = row[self.image_column]
-        if not isinstance(image, Image.Image):
-            image = Image.open(image["path"]) if isinstance(image, dict) else Image.fromarray(np.asarray(image))
-        extra = {k: v for k, v in row.items() if k not in (self.image_column, self.caption_column)
-                 and isinstance(v, (int, float, str))}
-        return to_tensor(image, self.resolution), {**extra, "text": str(row[self.caption_column] or "")}
+        return self.images[i].float() / 127.5 - 1.0, {**{k: v[i] for k, v in self.extra.items()}, "text": self.captions[i]}
+
+    def subset(self, index: torch.Tensor) -> "DecodedImages":
+        idx = index.tolist()
+        return DecodedImages(self.images[index], [self.captions[i] for i in idx],
+                             {k: [v[i] for i in idx] for k, v in self.extra.items()})
+
+
+def decode(ds, image_column: str, caption_column: str, resolution: int, verbose: bool = True) -> DecodedImages:
+    """Decode every image of a `datasets.Dataset` once, with a progress bar."""
+    extra_columns = [c for c, f in ds.features.items() if c not in (image_column, caption_column)
+                     and getattr(f, "dtype", None) in ("int64", "int32", "int16", "int8", "float32", "float64", "string")]
+    images = torch.empty((len(ds), 3, resolution, resolution), dtype=torch.uint8)
+    with tqdm(total=len(ds), desc="decoding images (once)", disable=not verbose) as bar:
+        for start in range(0, len(ds), 1024):  # a chunk at a time: 64k PIL images at once would not fit
+            for i, image in enumerate(ds[start:start + 1024][image_column], start):
+                if not isinstance(image, Image.Image):
+                    image = Image.open(image["path"]) if isinstance(image, dict) else Image.fromarray(np.asarray(image))
+                images[i] = to_uint8(image, resolution)
+            bar.update(min(1024, len(ds) - start))
+    return DecodedImages(images, [str(c or "") for c in ds[caption_column]], {c: list(ds[c]) for c in extra_columns})
+
+
+def image_cache_path(config: TrainingConfig) -> str:
+    """Where `load_data` keeps the decoded images of config.dataset (data_dir/image_cache). A local folder's
+    modification time is part of the name, so an edited folder is decoded again; for a hub id, delete the
+    file to decode a newer version."""
+    key = f"{config.dataset}|{config.image_column}|{config.caption_column}|{config.resolution}"
+    if os.path.isdir(config.dataset):
+        key += f"|{os.path.getmtime(config.dataset)}"
+    name = os.path.basename(os.path.normpath(config.dataset)) or "dataset"
+    return os.path.join(config.data_dir, "image_cache",
+                        f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:10]}-r{config.resolution}.safetensors")
+
+
+def save_decoded(images: DecodedImages, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    save_file({"images": images.images.contiguous()}, tmp,
+              metadata={"captions": json.dumps(images.captions), "extra": json.dumps(images.extra)})
+    os.replace(tmp, path)
+
+
+def load_decoded(path: str) -> DecodedImages:
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+        return DecodedImages(f.get_tensor("images"), json.loads(meta["captions"]), json.loads(meta["extra"]))
 
 
 def _check_columns(ds, config: TrainingConfig, where: str) -> None:
@@ -74,6 +127,7 @@ def _load_hf(config: TrainingConfig):
     import datasets  # here, not at the top: only hub and folder sources need it, and it takes seconds to import
 
     path = config.dataset
+    ensure_stand_in(path)  # the lesson-smoke preset's AFHQ-shaped dataset, built on first use
     if os.path.isdir(path):
         if any(os.path.exists(os.path.join(path, f)) for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
             ds = datasets.load_from_disk(path)  # written by Dataset.save_to_disk
@@ -133,29 +187,26 @@ def load_data(config: TrainingConfig, verbose: bool = True) -> Tuple[torch.utils
     if config.dataset in (SYNTHETIC_DATASET, SYNTHETIC_BG_DATASET):
         full = load_synthetic(config.synthetic_size, config.resolution, config.seed, config.data_dir, verbose,
                               backgrounds=config.dataset == SYNTHETIC_BG_DATASET)
+    elif os.path.exists(image_cache_path(config)):  # decoded before (or bundled by `make gpu-prep`)
+        full = load_decoded(image_cache_path(config))
     else:
         ds, where = _load_hf(config)
         _check_columns(ds, config, where)
         _warn_empty_captions(ds[config.caption_column])
-        full = CaptionedImages(ds, config.image_column, config.caption_column, config.resolution)
+        full = decode(ds, config.image_column, config.caption_column, config.resolution, verbose)
+        save_decoded(full, image_cache_path(config))
     n = len(full)
     if n < 2:
         raise ValueError(f"the dataset {config.dataset!r} has {n} usable item(s); training needs at least 2")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
     n_val = max(1, int(round(n * config.val_fraction)))
     val_idx, train_idx = perm[:n_val], perm[n_val:]
-    if hasattr(full, "subset"):
-        return full.subset(train_idx), full.subset(val_idx)
-    return torch.utils.data.Subset(full, train_idx.tolist()), torch.utils.data.Subset(full, val_idx.tolist())
+    return full.subset(train_idx), full.subset(val_idx)
 
 
 def all_captions(dataset) -> list:
     """Every caption of a dataset, read without decoding images where possible."""
     if hasattr(dataset, "captions"):
         return list(dataset.captions)
-    if isinstance(dataset, torch.utils.data.Subset) and isinstance(dataset.dataset, CaptionedImages):
-        inner = dataset.dataset
-        column = inner.ds[inner.caption_column]
-        return [str(column[i] or "") for i in dataset.indices]
     warnings.warn("reading captions by iterating the dataset (slow)")
     return [dataset[i][1]["text"] for i in range(len(dataset))]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 import torch.distributed as dist
@@ -53,14 +53,15 @@ class Shard:
         if self.is_main:
             self.barrier()
 
-    def agree(self, loss: torch.Tensor, stop_requested) -> Tuple[float, bool]:
-        """(mean loss over the processes, whether any process asked to stop): one small all-reduce per step."""
+    def agree(self, losses: torch.Tensor, stop_requested) -> Tuple[List[float], bool]:
+        """(each step's mean loss over the processes, whether any process asked to stop) for losses [S], the last
+        S steps' losses on the device: reading them is the host sync, one small all-reduce for the S steps."""
         if self.world_size == 1:
-            return loss.item(), bool(stop_requested)
-        values = torch.stack([loss.detach().float(), torch.tensor(float(bool(stop_requested)), device=loss.device)])
+            return losses.tolist(), bool(stop_requested)
+        values = torch.cat([losses.detach().float(), torch.tensor([float(bool(stop_requested))], device=losses.device)])
         dist.all_reduce(values)
-        loss_sum, stops = values.tolist()
-        return loss_sum / self.world_size, stops > 0
+        *loss_sums, stops = values.tolist()
+        return [v / self.world_size for v in loss_sums], stops > 0
 
 
 def init(device: str) -> Shard:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from .checkpoint import load_trainer_state, resolve_checkpoint
-from .config import TrainingConfig, get_preset
+from .config import SYNTHETIC_BG_DATASET, SYNTHETIC_DATASET, TrainingConfig, get_preset
 from .train import TrainingRun, build_training
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository (lib_cfg is installed editable)
@@ -18,6 +18,10 @@ ROOT = Path(__file__).resolve().parent.parent  # the repository (lib_cfg is inst
 # (colour >= 95%, shape >= 85%) at about 600 steps, and the course's claims need no more. Its own folder,
 # so `make run` never resumes (or is mistaken for) the shorter run.
 COURSE_STEPS = {"quick": 600}
+
+# The first line of a cell that needs the synthetic shapes' known colour and shape (the judge, the attribute
+# classifier). On other data (the lesson's photos, `lesson-smoke`) such a cell prints why it is skipped.
+SYNTHETIC_ONLY = "# synthetic data only"
 
 
 def setup(name: str = "quick", **overrides) -> TrainingConfig:
@@ -32,7 +36,33 @@ def setup(name: str = "quick", **overrides) -> TrainingConfig:
         config = replace(config, max_steps=COURSE_STEPS[name], checkpoint_dir=f"{config.checkpoint_dir}-course")
     print(f"preset {name!r}: {config.dataset}, {config.text_encoder}, {config.resolution}x{config.resolution}, "
           f"{config.max_steps} steps{note} -> {config.checkpoint_dir}")
+    skip_synthetic_only_cells(not has_attributes(config), config.dataset)
     return config
+
+
+def has_attributes(config: TrainingConfig) -> bool:
+    """Whether every image of config's data has a known colour and shape (the synthetic shapes)."""
+    return config.dataset in (SYNTHETIC_DATASET, SYNTHETIC_BG_DATASET)
+
+
+def skip_synthetic_only_cells(skip: bool, dataset: str) -> None:
+    """In a notebook kernel: from now on, run each cell whose first line is SYNTHETIC_ONLY as a note saying it
+    was skipped (skip=True), or as written (skip=False)."""
+    try:
+        shell = get_ipython()  # noqa: F821 (defined in IPython kernels only)
+    except NameError:
+        return
+    transforms = shell.input_transformers_cleanup
+    transforms[:] = [f for f in transforms if getattr(f, "__name__", "") != "_skip_synthetic_only"]
+    if not skip:
+        return
+    note = f"skipped: this cell needs the synthetic shapes' colour and shape labels, and the data is {dataset}"
+
+    def _skip_synthetic_only(lines):
+        first = next((line.strip() for line in lines if line.strip() and not line.startswith(("%", "# NBVAL"))), "")
+        return [f"print({note!r})\n"] if first.startswith(SYNTHETIC_ONLY) else lines
+
+    transforms.append(_skip_synthetic_only)
 
 
 def show(*objects) -> None:

@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .config import OFFLINE_TEXT_ENCODER
+from .stand_ins import ensure_stand_in
 
 
 def offline_model_path() -> str:
@@ -36,6 +37,7 @@ class TextEncoder(nn.Module):
         self.model_name = model_name
         self.device = device
         self.is_clip = model_name != OFFLINE_TEXT_ENCODER and "minilm" not in model_name.lower()
+        ensure_stand_in(model_name)  # the lesson-smoke preset's CLIP-architecture model, built on first use
         try:  # transformers is imported here: it takes seconds, and a run served by the cache never needs it
             if self.is_clip:
                 from transformers import CLIPTextModel, CLIPTokenizer

