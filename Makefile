@@ -53,7 +53,7 @@ bench-quick: .venv/.installed
 # into data/image_cache and data/text_cache (the offline stand-ins; LESSON=1: also the lesson's AFHQ captions and
 # CLIP, from the hub), then copy the repository with data/ and there run `bash tools/gpu_bench.sh`.
 gpu-prep: .venv/.installed
-	HF_HUB_OFFLINE=$(if $(LESSON),0,1) $(PY) -m lib_cfg.bench --prepare $(if $(LESSON),--lesson,)
+	HF_HUB_OFFLINE=$(if $(filter 1,$(LESSON)),0,1) $(PY) -m lib_cfg.bench --prepare $(if $(filter 1,$(LESSON)),--lesson,)
 
 clean-generated:
 	rm -rf data/synthetic-* data/text_cache data/image_cache data/lesson-smoke checkpoints/quick checkpoints/quick-course checkpoints/ci checkpoints/lesson-smoke checkpoints/compare-bg-* samples

@@ -100,9 +100,7 @@ def to_markdown(results: dict) -> str:
                   "| loop | parameters | precision | steps/s | img/s | 20k steps projected | peak MiB |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {name} | {v['parameters_M']}M | {v['precision']} | {v['steps_per_s']} | {v['images_per_s']} | "
-                  f"{v['projected_20k_steps_s']} s | {v['peak_memory_mib']} |" for name, v in r.items() if isinstance(v, dict)]
-    if "lesson_vs_diffusers" in results:
-        lines += ["", "## The lesson-sized step: lib_cfg vs diffusers UNet2DModel\n"]
-        lines += [f"- {name}: {v['images_per_s']['lib_cfg']} vs {v['images_per_s']['diffusers']} img/s, "
-                  f"**{v['speedup']}x**" for name, v in results["lesson_vs_diffusers"].items()]
+                  f"{v['projected_20k_steps_s']} s | {v['peak_memory_mib']} |" for name, v in r.items()
+                  if isinstance(v, dict) and "error" not in v]
+        lines += [f"\n{name} failed: {v['error']}" for name, v in r.items() if isinstance(v, dict) and "error" in v]
     return "\n".join(lines) + "\n"

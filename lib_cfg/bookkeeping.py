@@ -105,7 +105,8 @@ class LogCallback(Callback):
 
     def __init__(self, every: int, log_file: Optional[str] = None, printer=tqdm.write):
         self.every, self.log_file, self.printer = every, log_file, printer
-        self._t = self._step = None
+        self._t = self._step = None  # the clock, and the step it was read at
+        self._line_step = None  # the last step the previous line covered
 
     def due(self, step):
         return True  # called every step, to start the clock at the first one; prints only every `every`
@@ -116,15 +117,15 @@ class LogCallback(Callback):
     def __call__(self, ctx):
         h, step = ctx["history"], ctx["step"]
         if self._t is None:  # the first step this callback saw (its own time is not counted)
-            self._t, self._step = time.perf_counter(), step
+            self._t, self._step, self._line_step = time.perf_counter(), step, step - 1
             if not ctx.get("final"):
                 return
         if step % self.every and not ctx.get("final"):
             return
         now = time.perf_counter()
         ips = (step - self._step) * ctx["batch_size"] / max(now - self._t, 1e-9)
-        self._t, self._step = now, step
-        recent = h["loss"][-self.every:]
+        recent = h["loss"][-(step - self._line_step):]  # the losses since the previous line
+        self._t, self._step, self._line_step = now, step, step
         line = {"step": step, "loss": sum(recent) / len(recent), "lr": ctx["lr"], "images_per_s": round(ips, 1)}
         if h["val_loss"]:
             line["val_loss"] = h["val_loss"][-1]
@@ -196,6 +197,11 @@ class SampleGridCallback(Callback):
                         suptitle=f"step {ctx['step']}, guidance s={self.config.guidance_scale:g}")
 
 
+def weights_are_finite(model) -> bool:
+    """No NaN or inf in any parameter (one norm per tensor, one host sync)."""
+    return bool(torch.isfinite(torch.stack(torch._foreach_norm(list(model.parameters())))).all())
+
+
 class CheckpointCallback(Callback):
     def __init__(self, every: int, config):
         self.every, self.config = every, config
@@ -203,8 +209,10 @@ class CheckpointCallback(Callback):
 
     def __call__(self, ctx):
         loss = float(ctx["loss"])
-        if not math.isfinite(loss):
-            return  # never overwrite a good checkpoint with a diverged model
+        # Never overwrite a good checkpoint with a diverged model. The loss is computed before the update, so
+        # an inf gradient can make the weights NaN while this step's loss is still finite: check them too.
+        if not (math.isfinite(loss) and weights_are_finite(ctx["model"])):
+            return
         self.last_path = save_checkpoint(self.config.checkpoint_dir, self.config, ctx["model"], ctx["ema_model"],
                                          ctx["optimizer"], ctx["step"], loss,
                                          extra={"history": ctx["history"]})

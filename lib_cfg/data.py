@@ -87,13 +87,34 @@ def decode(ds, image_column: str, caption_column: str, resolution: int, verbose:
     return DecodedImages(images, [str(c or "") for c in ds[caption_column]], {c: list(ds[c]) for c in extra_columns})
 
 
+IMAGE_CACHE_VERSION = 1  # bump when decoding changes (to_uint8), so old caches are not reused
+
+
+def _folder_fingerprint(path: str) -> str:
+    """What identifies a local dataset folder's contents: the `datasets` fingerprint of a save_to_disk folder
+    (it survives copying), else every file's relative path, size and modification time."""
+    state = os.path.join(path, "state.json")
+    if os.path.exists(state):
+        with open(state) as f:
+            fingerprint = json.load(f).get("_fingerprint")
+        if fingerprint:
+            return fingerprint
+    listing = []
+    for folder, _, files in os.walk(path):
+        for name in sorted(files):
+            full = os.path.join(folder, name)
+            info = os.stat(full)
+            listing.append(f"{os.path.relpath(full, path)}:{info.st_size}:{info.st_mtime_ns}")
+    return hashlib.sha1("\n".join(sorted(listing)).encode()).hexdigest()
+
+
 def image_cache_path(config: TrainingConfig) -> str:
     """Where `load_data` keeps the decoded images of config.dataset (data_dir/image_cache). A local folder's
-    modification time is part of the name, so an edited folder is decoded again; for a hub id, delete the
-    file to decode a newer version."""
-    key = f"{config.dataset}|{config.image_column}|{config.caption_column}|{config.resolution}"
+    contents are part of the name (`_folder_fingerprint`), so an edited folder is decoded again; for a hub
+    id, delete the file to decode a newer version of the dataset."""
+    key = f"v{IMAGE_CACHE_VERSION}|{config.dataset}|{config.image_column}|{config.caption_column}|{config.resolution}"
     if os.path.isdir(config.dataset):
-        key += f"|{os.path.getmtime(config.dataset)}"
+        key += "|" + _folder_fingerprint(config.dataset)
     name = os.path.basename(os.path.normpath(config.dataset)) or "dataset"
     return os.path.join(config.data_dir, "image_cache",
                         f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:10]}-r{config.resolution}.safetensors")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List
 
 import torch
 import torch.distributed as dist
@@ -53,15 +53,26 @@ class Shard:
         if self.is_main:
             self.barrier()
 
-    def agree(self, losses: torch.Tensor, stop_requested) -> Tuple[List[float], bool]:
-        """(each step's mean loss over the processes, whether any process asked to stop) for losses [S], the last
-        S steps' losses on the device: reading them is the host sync, one small all-reduce for the S steps."""
+    def mean_losses(self, losses: torch.Tensor) -> List[float]:
+        """Each step's loss averaged over the processes, for losses [S] (the last S steps', on the device): reading
+        them is the host sync, one small all-reduce for the S steps."""
         if self.world_size == 1:
-            return losses.tolist(), bool(stop_requested)
-        values = torch.cat([losses.detach().float(), torch.tensor([float(bool(stop_requested))], device=losses.device)])
-        dist.all_reduce(values)
-        *loss_sums, stops = values.tolist()
-        return [v / self.world_size for v in loss_sums], stops > 0
+            return losses.tolist()
+        total = losses.detach().float().clone()
+        dist.all_reduce(total)
+        return (total / self.world_size).tolist()
+
+    def any(self, flag) -> bool:
+        """Whether `flag` is set in any process (a Ctrl-C may reach only one of them): a one-number exchange on
+        the CPU, cheap enough for every step, and it never waits for the GPU."""
+        if self.world_size == 1:
+            return bool(flag)
+        value = torch.tensor([float(bool(flag))])
+        dist.all_reduce(value, group=_cpu_group)
+        return value.item() > 0
+
+
+_cpu_group = None  # under torchrun on CUDA: a gloo group for `Shard.any` (None: the default group, gloo on a CPU)
 
 
 def init(device: str) -> Shard:
@@ -75,6 +86,8 @@ def init(device: str) -> Shard:
         if cuda:  # one GPU per process: plain "cuda" then means this process's GPU
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if cuda else "gloo")
+        global _cpu_group
+        _cpu_group = dist.new_group(backend="gloo") if cuda else None
     return Shard(dist.get_rank(), dist.get_world_size())
 
 

@@ -39,6 +39,8 @@ class TextEncoder(nn.Module):
         self.is_clip = model_name != OFFLINE_TEXT_ENCODER and "minilm" not in model_name.lower()
         ensure_stand_in(model_name)  # the lesson-smoke preset's CLIP-architecture model, built on first use
         try:  # transformers is imported here: it takes seconds, and a run served by the cache never needs it
+            from transformers.utils import logging as transformers_logging
+            transformers_logging.disable_progress_bar()  # a bar per load would clutter notebooks and logs
             if self.is_clip:
                 from transformers import CLIPTextModel, CLIPTokenizer
                 self.model = CLIPTextModel.from_pretrained(model_name)

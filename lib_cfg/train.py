@@ -119,8 +119,8 @@ def train(config: TrainingConfig, model: torch.nn.Module, text_encoder, train_da
     them waits for the device, so it happens once per `log_every` steps, not every step. A non-finite loss
     stops training there with DivergenceError, naming its step; no checkpoint is written after it.
     On Ctrl-C or SIGTERM the step in progress finishes, the bookkeeping saves a checkpoint, sets
-    `bookkeeping.interrupted` and train returns (a second Ctrl-C interrupts at once). Under torchrun the
-    processes agree to stop at the next step that reads the losses (a signal may reach only one of them).
+    `bookkeeping.interrupted` and train returns (a second Ctrl-C interrupts at once); under torchrun every
+    process stops after the same step.
     """
     device = next(model.parameters()).device
     steps = steps or config.max_steps
@@ -132,9 +132,9 @@ def train(config: TrainingConfig, model: torch.nn.Module, text_encoder, train_da
     progress_bar = tqdm(range(start_step, steps), initial=start_step, total=steps, disable=silent or not shard.is_main,
                         desc="training")
 
-    def read_losses(stop_requested):
-        """Bring the pending losses to the host (one sync), check them, record them; returns (last, any_stop)."""
-        values, any_stop = shard.agree(torch.stack([loss for _, _, loss in pending]), stop_requested)
+    def read_losses():
+        """Bring the pending losses to the host (one sync), check them, record them; returns the last one."""
+        values = shard.mean_losses(torch.stack([loss for _, _, loss in pending]))
         for (step, lr, _), value in zip(pending, values):
             if not math.isfinite(value):
                 raise DivergenceError(
@@ -146,7 +146,7 @@ def train(config: TrainingConfig, model: torch.nn.Module, text_encoder, train_da
         pending.clear()
         if not silent:
             progress_bar.set_postfix(loss=f"{values[-1]:.4f}", lr=f"{lr:.2e}")
-        return values[-1], any_stop
+        return values[-1]
 
     with StopOnSignal() as stop:
         for step in progress_bar:
@@ -164,20 +164,16 @@ def train(config: TrainingConfig, model: torch.nn.Module, text_encoder, train_da
 
             pending.append((step + 1, lr, loss.detach()))
             final = step + 1 == steps
-            agreed_stop = False
-            # Every process reads at the same steps (a local signal counts only where there is one process).
-            if (final or (step + 1) % config.log_every == 0 or (bookkeeping and bookkeeping.wants_loss(step + 1))
-                    or (stop.requested and shard.world_size == 1)):
-                loss_value, agreed_stop = read_losses(stop.requested)
-                if agreed_stop and not stop.requested:
-                    stop.requested = "a signal to another process"
+            if final or (step + 1) % config.log_every == 0 or (bookkeeping and bookkeeping.wants_loss(step + 1)):
+                loss_value = read_losses()
             ctx = dict(step=step + 1, loss=None if pending else loss_value, lr=lr, model=model, ema_model=ema_model,
                        optimizer=optimizer, batch_size=x0.shape[0] * shard.world_size, config=config, final=final)
             if bookkeeping:
                 bookkeeping.run_callbacks(**ctx)
-            if agreed_stop or (stop.requested and shard.world_size == 1):  # Ctrl-C / SIGTERM: save this step, stop
-                if pending:  # the signal came during this step's callbacks
-                    ctx["loss"], _ = read_losses(stop.requested)
+            if shard.any(stop.requested):  # Ctrl-C / SIGTERM in any process: the step is complete; save it, stop
+                stop.requested = stop.requested or "a signal to another process"
+                if pending:
+                    ctx["loss"] = read_losses()
                 if bookkeeping:
                     bookkeeping.save_now(**ctx)
                 progress_bar.close()
@@ -230,10 +226,12 @@ def make_dataloaders(config: TrainingConfig, train_ds, val_ds, start_step: int =
     under torchrun each process gets its rows of every global batch."""
     # Own generators: creating a loader iterator draws a seed, which must not shift the global RNG
     # that the training noise comes from (a resumed run would otherwise diverge).
+    # Pinned (page-locked) batches on CUDA: the copy to the GPU runs alongside the step (non_blocking in train).
+    pin = resolve_device(config.device).startswith("cuda")
     train_dl = DataLoader(train_ds, batch_sampler=StepBatchSampler(len(train_ds), config.batch_size, config.seed,
                                                                   start_step, shard.rows(
                                                                       shard.per_process(config.batch_size))),
-                          generator=torch.Generator().manual_seed(config.seed))
+                          generator=torch.Generator().manual_seed(config.seed), pin_memory=pin)
     val_dl = DataLoader(val_ds, batch_size=config.batch_size, shuffle=False,
                         generator=torch.Generator().manual_seed(config.seed))
     return train_dl, val_dl

@@ -156,3 +156,17 @@ def test_clip_score_on_a_full_clip_model_and_none_on_a_text_only_one(clip_dir, t
     # each pair is scored on its own: permuting the pairs permutes the scores
     perm = [2, 0, 1]
     torch.testing.assert_close(scorer(images[perm], [captions[i] for i in perm]), scores[perm])
+
+
+def test_every_notebook_runs_top_to_bottom_on_lesson_smoke():
+    """The course on the lesson's path (a CLIP-architecture encoder, AFHQ-shaped photos): nbval runs every notebook
+    from a fresh kernel with LIB_CFG_PRESET=lesson-smoke. Cells that need the synthetic shapes' colour and shape
+    print that they are skipped; every other cell must run, and the NBVAL_CHECK_OUTPUT cells must print what
+    the stored (quick) run printed."""
+    env = {**os.environ, "LIB_CFG_PRESET": "lesson-smoke", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
+                          "--nbval-cell-timeout=600", "notebooks"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=1800)
+    assert out.returncode == 0, out.stdout[-6000:]
+    assert " passed" in out.stdout and "failed" not in out.stdout

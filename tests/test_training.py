@@ -76,13 +76,13 @@ def test_the_loop_reads_the_losses_once_per_log_interval(tmp_path, data_dir, mon
     from lib_cfg.distributed import Shard
     from lib_cfg.train import run_training
 
-    reads, agree = [], Shard.agree
+    reads, mean_losses = [], Shard.mean_losses
 
-    def counting_agree(self, losses, stop):
+    def counting(self, losses):
         reads.append(len(losses))
-        return agree(self, losses, stop)
+        return mean_losses(self, losses)
 
-    monkeypatch.setattr(Shard, "agree", counting_agree)
+    monkeypatch.setattr(Shard, "mean_losses", counting)
     config = get_preset("ci", checkpoint_dir=str(tmp_path / "c"), data_dir=data_dir, synthetic_size=600, batch_size=16,
                         max_steps=30, log_every=10, validate_every=20, sample_every=30, save_every=30, n_samples=2,
                         num_inference_steps=2)
@@ -104,3 +104,13 @@ def test_compile_field_compiles_the_step_with_cuda_graphs_on_cuda(monkeypatch):
     train.compiled(net, get_preset("ci", compile=True), "cuda:0")
     train.compiled(net, get_preset("ci", compile=True), "cpu")
     assert seen == [{"mode": "reduce-overhead"}, {"mode": "default"}]
+
+
+def test_batches_are_pinned_for_cuda_only(monkeypatch, data_dir):
+    from lib_cfg import train
+
+    config = get_preset("ci", data_dir=data_dir, synthetic_size=300, batch_size=8)
+    train_ds, val_ds = load_data(config, verbose=False)
+    assert not train.make_dataloaders(config, train_ds, val_ds)[0].pin_memory
+    monkeypatch.setattr(train, "resolve_device", lambda device: "cuda")
+    assert train.make_dataloaders(config, train_ds, val_ds)[0].pin_memory

@@ -10,15 +10,19 @@
 set -eo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-if [ ! -x "$PY" ]; then
+if ! command -v "$PY" >/dev/null; then
   echo "error: no project environment at $PY. Create it with \`make .venv/.installed\` (on a CUDA machine, install" \
        "a CUDA build of torch first: README, 'On a CUDA machine'), or point PYTHON at one." >&2
   exit 2
 fi
+if ! version=$("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null); then
+  echo "error: $PY cannot import torch: install the project's requirements (README, 'On a CUDA machine')." >&2
+  exit 2
+fi
 if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
-  echo "error: tools/gpu_bench.sh measures the CUDA path, and this environment's torch" \
-       "($("$PY" -c 'import torch; print(torch.__version__)')) sees no CUDA device. Run it on a machine with an" \
-       "NVIDIA GPU and a CUDA build of torch (README, 'On a CUDA machine'); on a CPU use \`make bench-quick\`." >&2
+  echo "error: tools/gpu_bench.sh measures the CUDA path, and this environment's torch ($version) sees no CUDA" \
+       "device. Run it on a machine with an NVIDIA GPU and a CUDA build of torch (README, 'On a CUDA machine');" \
+       "on a CPU use \`make bench-quick\`." >&2
   exit 3
 fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
