@@ -55,7 +55,8 @@
 # %% tags=["parameters"]
 import os
 
-# Which preset to run: `quick` (offline, CPU, minutes), `ci` (the short one CI runs), `lesson` (CLIP + AFHQ, CUDA).
+# Which preset to run: `quick` (offline, CPU, minutes), `ci` (the short one CI runs), `lesson` (CLIP + AFHQ, CUDA),
+# `lesson-smoke` (the lesson's path at toy size, offline: cells marked "synthetic data only" are skipped).
 PRESET = os.environ.get("LIB_CFG_PRESET", "quick")
 
 # %%
@@ -107,6 +108,7 @@ from lib_cfg.classifier import NoisyClassifier, classifier_accuracy_by_t, train_
 show(NoisyClassifier.forward)
 
 # %%
+# synthetic data only: the classifier learns colour and shape
 from lib_cfg.data import load_data
 
 train_ds, val_ds = load_data(config)
@@ -121,6 +123,7 @@ losses = train_classifier(classifier, train_ds, pipe.noise_schedule, steps=CLASS
 # shapes): at the noisiest $t$ both attributes fall to chance, so compare each curve with its own line.
 
 # %%
+# synthetic data only: the classifier learns colour and shape
 from lib_cfg.evaluation import chance_accuracy
 
 ts = [0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999]
@@ -134,6 +137,7 @@ ax.set_xlabel("timestep t (more noise ->)"), ax.set_ylabel("classifier accuracy"
 ax.grid(alpha=.3);
 
 # %%
+# synthetic data only: the classifier learns colour and shape
 def readable_until(attr, margin=0.25):
     """The largest t at which the classifier is still `margin` above chance on `attr`."""
     return max((t for t in ts if acc_t[t][attr] > chance[attr] + margin), default=-1)
@@ -166,6 +170,7 @@ show(classifier_guided_eps)
 # The same starting noise, guided towards *a red triangle* at growing classifier scales:
 
 # %%
+# synthetic data only: the classifier learns colour and shape
 from lib_cfg.diffusion import randn
 
 scales = [0, 1, 3, 10, 30]
@@ -184,6 +189,7 @@ image_grid_figure(torch.stack(rows, 1).flatten(0, 1), ncols=len(scales),
 # check of colour and shape, independent of the classifier) say how often the image has what was asked.
 
 # %%
+# synthetic data only: the classifier learns colour and shape; the judge checks colour and shape
 from lib_cfg.classifier import classifier_adherence_sweep
 from lib_cfg.evaluation import format_table
 
@@ -194,6 +200,7 @@ cg = classifier_adherence_sweep(model, classifier, SWEEP, pipe.sampler("ddim"), 
 print(format_table(cg))
 
 # %%
+# synthetic data only: the classifier learns colour and shape; the judge checks colour and shape
 fig, ax = plt.subplots(figsize=(6, 3))
 for attr, color in (("color", "C0"), ("shape", "C1"), ("all", "C2")):
     ax.plot(SWEEP, [cg[f"{s:g}"][attr] for s in SWEEP], "o-", color=color, label=attr)
@@ -211,6 +218,7 @@ ax.legend(fontsize=7), ax.grid(alpha=.3);
 # loses it beyond $t = 400$, so its gradient has little to say about shape. Exercise 2 goes the other way.
 
 # %%
+# synthetic data only: the classifier learns colour and shape; the judge checks colour and shape
 assert cg[f"{max(SWEEP):g}"]["color"] > cg["0"]["color"] + 0.2, cg
 for attr in ("color", "shape", "all"):
     print(f"{attr:5s} adherence against classifier scale:", " -> ".join(f"{100 * cg[f'{s:g}'][attr]:.0f}%" for s in SWEEP))

@@ -52,11 +52,17 @@
 # ```bash
 # python -m lib_cfg train --preset lesson
 # ```
+#
+# Without a GPU or the Hub, `--preset lesson-smoke` runs the same code path at toy size: a random
+# CLIP-architecture text model and an AFHQ-shaped dataset, both built on this machine, a 0.9M-parameter
+# UNet of the lesson's layout at 32x32, 40 steps. Run the notebooks on it with `LIB_CFG_PRESET=lesson-smoke`
+# (cells that need the synthetic shapes' colour and shape then say they are skipped).
 
 # %% tags=["parameters"]
 import os
 
-# Which preset to run: `quick` (offline, CPU, minutes), `ci` (the short one CI runs), `lesson` (CLIP + AFHQ, CUDA).
+# Which preset to run: `quick` (offline, CPU, minutes), `ci` (the short one CI runs), `lesson` (CLIP + AFHQ, CUDA),
+# `lesson-smoke` (the lesson's path at toy size, offline: cells marked "synthetic data only" are skipped).
 PRESET = os.environ.get("LIB_CFG_PRESET", "quick")
 
 # %%
@@ -70,26 +76,30 @@ RETRAIN = False  # True: delete this run's checkpoint and train from scratch
 
 # %%
 # The lesson's TrainingConfig, as its notebook sets it (the course's presets keep its field names).
-# "-": the lesson has no such setting (no warm-up, no EMA, fp32).
+# "-": the lesson has no such setting (no warm-up, no EMA).
 from lib_cfg.model import count_parameters, create_unet_model
+from lib_cfg.text_encoder import EmbeddingCache
 
 LESSON = dict(dataset="reese-green/afhq64_captions_64k", text_encoder="openai/clip-vit-large-patch14",
               resolution=32, batch_size=16, max_steps=20000, learning_rate=5e-4, weight_decay=1e-6,
-              text_drop_prob=0.2, num_denoising_steps=1000, val_fraction=0.1)
+              text_drop_prob=0.2, num_denoising_steps=1000, val_fraction=0.1, lr_schedule="constant",
+              mixed_precision="no")
 presets = {"lesson preset": get_preset("lesson"), "quick preset": get_preset("quick"), "this run": config}
 print(f"{'field':>20} | {'the lesson':>32} | " + " | ".join(f"{k:>32}" for k in presets))
-for field in list(LESSON) + ["warmup_steps", "ema_decay", "mixed_precision"]:
+for field in list(LESSON) + ["warmup_steps", "ema_decay"]:
     print(f"{field:>20} | {str(LESSON.get(field, '-')):>32} | "
           + " | ".join(f"{str(getattr(c, field)):>32}" for c in presets.values()))
-widths = {"lesson preset": 768, "quick preset": 384, "this run": 384}  # CLIP ViT-L/14 and MiniLM embeddings
+# the text embedding's width: CLIP ViT-L/14 768, MiniLM 384; this run's from its encoder (or its cached embeddings)
+widths = {"lesson preset": 768, "quick preset": 384, "this run": EmbeddingCache.for_config(config).text_embed_dim}
 params = {k: count_parameters(create_unet_model(c, "cpu", widths[k], verbose=False)) / 1e6 for k, c in presets.items()}
 print(f"{'UNet parameters':>20} | {'14.68M':>32} | " + " | ".join(f"{p:31.2f}M" for p in params.values()))
 
 # %% [markdown]
-# Where the `lesson` preset still differs from the lesson (the learning rate and its warm-up and
-# cosine schedule, weight decay, an EMA of the weights for sampling, bf16 autocast on hardware that
-# computes it natively, 5% of the data held out for validation where the lesson holds out 10%, and a
-# UNet of 14.56M parameters where the lesson reports 14.68M), the table shows it.
+# The `lesson` preset trains with the lesson's recipe: AdamW at a constant 5e-4, weight decay 1e-6,
+# fp32, 10% of the data held out, samples from the raw weights (`ema_decay` 0). What still differs is
+# the UNet: 14.56M parameters where the lesson reports 14.68M (the table's last line). The course's
+# `quick` preset departs on purpose, to train in minutes on a CPU: a warm-up and cosine decay at a
+# higher rate, bf16 where the hardware computes it natively, and an EMA of the weights for sampling.
 #
 # ## The model: what the lesson adds
 #
@@ -263,10 +273,11 @@ loss_curve_figure(history);
 
 # %%
 loss = history["loss"]
-early, late = sum(loss[:50]) / 50, sum(loss[-50:]) / 50
-print(f"mean loss, first 50 steps: {early:.4f}; last 50 steps: {late:.4f}; "
+k = min(50, len(loss) // 4)  # a short run (`lesson-smoke`: 40 steps) compares its first and last quarters
+early, late = sum(loss[:k]) / k, sum(loss[-k:]) / k
+print(f"mean loss, first {k} steps: {early:.4f}; last {k} steps: {late:.4f}; "
       f"validation (EMA weights) at step {history['val_step'][-1]}: {history['val_loss'][-1]:.4f}")
-assert late < early / 5
+assert late < early / (5 if len(loss) >= 200 else 1.2)  # a 40-step `lesson-smoke` run has only begun
 
 # %% [markdown]
 # In the stored run the loss falls about 40-fold from the first 50 steps to the last 50 (the printed

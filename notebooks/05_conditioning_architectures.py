@@ -29,7 +29,8 @@
 # %% tags=["parameters"]
 import os
 
-# Which preset to run: `quick` (offline, CPU, minutes), `ci` (the short one CI runs), `lesson` (CLIP + AFHQ, CUDA).
+# Which preset to run: `quick` (offline, CPU, minutes), `ci` (the short one CI runs), `lesson` (CLIP + AFHQ, CUDA),
+# `lesson-smoke` (the lesson's path at toy size, offline: cells marked "synthetic data only" are skipped).
 PRESET = os.environ.get("LIB_CFG_PRESET", "quick")
 
 # %%
@@ -243,6 +244,7 @@ show(rescale_guidance, dynamic_threshold)
 # `diversity` is the mean pixel distance between samples of one prompt.
 
 # %%
+# synthetic data only: the judge checks colour and shape
 from lib_cfg.evaluation import attribute_accuracy, diversity, evaluation_prompts, judge, saturation_stats
 
 ensure_trained(config)
@@ -273,6 +275,7 @@ for name, r in fix_rows.items():
 # What each fix did against plain $s = 10$, read off the table (the same comparisons, spelled out):
 
 # %%
+# synthetic data only: the judge checks colour and shape
 base = fix_rows[f"s = {S:g}"]
 for name in list(FIXES)[2:]:
     r = fix_rows[name]
@@ -287,6 +290,7 @@ assert fix_rows["+ dyn. threshold"]["clipped"] <= base["clipped"]  # by design: 
 # The same prompts and noise in every row:
 
 # %%
+# synthetic data only: the judge checks colour and shape
 show_rows = [((i % 3) * 6 + i) * N_PER_PROMPT for i in range(6)]  # one sample of six prompts: every colour and shape
 grid = torch.cat([fix_images[name][show_rows] for name in FIXES])
 image_grid_figure(grid, ncols=len(show_rows), row_labels=list(FIXES), titles=[texts[i] for i in show_rows] * len(FIXES));
@@ -315,6 +319,7 @@ image_grid_figure(grid, ncols=len(show_rows), row_labels=list(FIXES), titles=[te
 # "a red circle on a black background" as the negative prompt?
 
 # %%
+# synthetic data only: the judge checks colour and shape
 n = 72
 plain = judge(pipe([None] * n, 3.0, config.num_inference_steps, seed=2))
 negative = judge(pipe([None] * n, 3.0, config.num_inference_steps, seed=2,
@@ -328,6 +333,7 @@ for name, verdicts in [("null prompt", plain), ("with negative 'red circle'", ne
           f"most common colour {top} ({k} of {n}); colours used: {len([c for c in counts if c])}", dict(counts))
 
 # %%
+# synthetic data only: the judge checks colour and shape
 red_plain, red_negative = shares["null prompt"]["red"] / n, shares["with negative 'red circle'"]["red"] / n
 assert red_negative < red_plain, (red_plain, red_negative)  # the negative prompt steers away from red
 print(f"red: {red_plain:.1%} -> {red_negative:.1%}")

@@ -36,7 +36,8 @@
 # %% tags=["parameters"]
 import os
 
-# Which preset to run: `quick` (offline, CPU, minutes), `ci` (the short one CI runs), `lesson` (CLIP + AFHQ, CUDA).
+# Which preset to run: `quick` (offline, CPU, minutes), `ci` (the short one CI runs), `lesson` (CLIP + AFHQ, CUDA),
+# `lesson-smoke` (the lesson's path at toy size, offline: cells marked "synthetic data only" are skipped).
 PRESET = os.environ.get("LIB_CFG_PRESET", "quick")
 
 # %%
@@ -163,16 +164,19 @@ METHODS = {"cfg": None, "apg (projection only)": Guidance("apg"), "apg (+ moment
 
 # %%
 # %%time
+# synthetic data only: the judge checks colour and shape
 # NBVAL_IGNORE_OUTPUT
 results = {name: tradeoff(pipe, SCALES, N_PER_PROMPT, STEPS, guidance=guidance) for name, guidance in METHODS.items()}
 
 # %%
+# synthetic data only: the judge checks colour and shape
 print("method                 |" + "".join(f"    s = {s:<5g}   |" for s in SCALES))
 print("                       |" + "  all    variety |" * len(SCALES))
 for name, r in results.items():
     print(f"{name:22s} |" + "".join(f" {r[f'{s:g}']['all']:6.1%} {r[f'{s:g}']['variety']:5.2f}px |" for s in SCALES))
 
 # %%
+# synthetic data only: the judge checks colour and shape
 fig, ax = plt.subplots(figsize=(6.5, 4))
 for name, r in results.items():
     xs, ys = [r[f"{s:g}"]["variety"] for s in SCALES], [r[f"{s:g}"]["all"] for s in SCALES]
@@ -188,6 +192,7 @@ ax.set_title("each method over its scale (labels: s)", fontsize=9), ax.grid(alph
 # prediction there, so the images are the same (checked below, in CI too).
 
 # %%
+# synthetic data only: the judge checks colour and shape
 first = results["cfg"]["1"]
 for name, r in results.items():
     assert r["1"] == first, name  # the same images at s = 1, whatever the method
@@ -205,6 +210,7 @@ print("s = 1: the same adherence and variety for every method:", {k: round(v, 3)
 # A method dominates CFG where it beats it on one reading without losing on the other.
 
 # %%
+# synthetic data only: the judge checks colour and shape
 ref = results["cfg"]["3"]
 
 
@@ -250,6 +256,7 @@ for name, r in results.items():
 # saturation (notebook 05 measured 0.854 on real images):
 
 # %%
+# synthetic data only: the judge checks colour and shape
 s_max = f"{SCALES[-1]:g}"
 print(f"at s = {s_max}:   clipped   saturation")
 for name, r in results.items():

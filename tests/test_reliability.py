@@ -67,13 +67,15 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
 def test_nan_weights_behind_a_finite_loss_are_never_checkpointed(tmp_path):
     """The loss is computed before the update: an inf gradient can leave NaN weights behind a finite loss.
     The checkpoint callback checks the weights too, so `latest` keeps pointing at good ones."""
+    from lib_cfg.model import create_unet_model
+
     config = get_preset("ci", checkpoint_dir=str(tmp_path / "w"), device="cpu")
-    model = torch.nn.Linear(2, 2)
+    model = create_unet_model(config, "cpu", text_embed_dim=8, verbose=False)
     callback = CheckpointCallback(1, config)
     ctx = dict(model=model, ema_model=None, optimizer=None, loss=0.5, history={})
     callback({**ctx, "step": 1})
     with torch.no_grad():
-        model.weight[0, 0] = float("nan")
+        model.null_text_embed[0, 0] = float("nan")
     callback({**ctx, "step": 2})
     assert resolve_checkpoint(config.checkpoint_dir).endswith("step_000001") and callback.last_step == 1
 
