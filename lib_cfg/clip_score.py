@@ -12,9 +12,8 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
-from .config import OFFLINE_TEXT_ENCODER
 from .plotting import to_unit
-from .text_encoder import offline_model_path
+from .text_encoder import model_path
 
 # CLIP's image normalisation (its preprocessor's image_mean and image_std)
 MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -50,8 +49,7 @@ def clip_scorer(model_name: str, device: str = "cpu", verbose: bool = True) -> O
     from transformers import AutoConfig, CLIPModel, CLIPTokenizer  # here: seconds to import, rarely needed
 
     try:
-        kind = AutoConfig.from_pretrained(offline_model_path() if model_name == OFFLINE_TEXT_ENCODER
-                                          else model_name).model_type
+        kind = AutoConfig.from_pretrained(model_path(model_name)).model_type
     except (OSError, ValueError) as e:
         kind = f"not loadable ({type(e).__name__})"
     if kind != "clip":

