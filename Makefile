@@ -56,4 +56,4 @@ gpu-prep: .venv/.installed
 	HF_HUB_OFFLINE=$(if $(filter 1,$(LESSON)),0,1) $(PY) -m lib_cfg.bench --prepare $(if $(filter 1,$(LESSON)),--lesson,)
 
 clean-generated:
-	rm -rf data/synthetic-* data/text_cache data/image_cache data/lesson-smoke checkpoints/quick checkpoints/quick-course checkpoints/ci checkpoints/lesson-smoke checkpoints/compare-bg-* samples
+	rm -rf data/synthetic-* data/text_cache data/image_cache data/lesson-smoke checkpoints/quick checkpoints/quick-course checkpoints/quick-course-* checkpoints/ci checkpoints/lesson-smoke checkpoints/compare-bg-* samples

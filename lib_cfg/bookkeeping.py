@@ -10,6 +10,7 @@ import json
 import math
 import os
 import time
+from dataclasses import replace
 from typing import Dict, List, Optional
 
 import torch
@@ -217,6 +218,27 @@ class CheckpointCallback(Callback):
                                          ctx["optimizer"], ctx["step"], loss,
                                          extra={"history": ctx["history"]})
         self.last_step = ctx["step"]
+
+
+class SnapshotCallback(Callback):
+    """At one step, the run so far as a checkpoint in another folder: the same training stopped early, at no
+    extra cost. Autoguidance's weaker model (notebook 06) is one."""
+
+    at_end = False  # its step or never
+
+    def __init__(self, step: int, checkpoint_dir: str, config):
+        self.step, self.checkpoint_dir, self.config = step, checkpoint_dir, config
+
+    def due(self, step):
+        return step == self.step
+
+    def __call__(self, ctx):
+        loss = None if ctx["loss"] is None else float(ctx["loss"])
+        if loss is None or not (math.isfinite(loss) and weights_are_finite(ctx["model"])):
+            return
+        save_checkpoint(self.checkpoint_dir, replace(self.config, checkpoint_dir=self.checkpoint_dir), ctx["model"],
+                        ctx["ema_model"], ctx["optimizer"], ctx["step"], loss,
+                        extra={"history": ctx["history"], "snapshot_of": self.config.checkpoint_dir})
 
 
 def default_bookkeeping(config, val_dataloader, noise_schedule, embed, prompts: List[str],

@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
+from .bookkeeping import SnapshotCallback
 from .checkpoint import load_trainer_state, resolve_checkpoint
 from .config import SYNTHETIC_BG_DATASET, SYNTHETIC_DATASET, TrainingConfig, get_preset
 from .train import TrainingRun, build_training
@@ -79,9 +80,18 @@ def is_finished(config: TrainingConfig) -> bool:
         return False
 
 
-def ensure_trained(config: TrainingConfig, run: Optional[TrainingRun] = None, silent: bool = False) -> str:
+def shorter_guide(config: TrainingConfig) -> TrainingConfig:
+    """Autoguidance's weaker model for `config` (notebook 06): the same run stopped at a quarter of its steps.
+    `ensure_trained` saves it on the way, so it costs no training of its own."""
+    return replace(config, max_steps=max(1, config.max_steps // 4), checkpoint_dir=config.checkpoint_dir + "-guide-shorter")
+
+
+def ensure_trained(config: TrainingConfig, run: Optional[TrainingRun] = None, silent: bool = False,
+                   save_guide: bool = True) -> str:
     """The finished checkpoint for `config`: loaded if it exists, otherwise trained now: a partial run is
-    resumed, else `run` (a fresh `build_training(config)`, if the caller already has one) or a new build is trained."""
+    resumed, else `run` (a fresh `build_training(config)`, if the caller already has one) or a new build is trained.
+    With save_guide, training also saves `shorter_guide(config)`, the run at a quarter of its steps, if that is
+    not there yet."""
     if is_finished(config):
         print(f"using the trained model in {config.checkpoint_dir}")
         return config.checkpoint_dir
@@ -89,6 +99,9 @@ def ensure_trained(config: TrainingConfig, run: Optional[TrainingRun] = None, si
         run = build_training(config, resume=config.checkpoint_dir, silent=silent)
     elif run is None or run.start_step or run.config != config:
         run = build_training(config, silent=silent)
+    guide = shorter_guide(config)
+    if save_guide and run.start_step < guide.max_steps and not is_finished(guide):
+        run.bookkeeping.callbacks.insert(-1, SnapshotCallback(guide.max_steps, guide.checkpoint_dir, config))
     print(f"no finished model in {config.checkpoint_dir}: training steps {run.start_step + 1}-{config.max_steps} now")
     run.train(silent)
     return config.checkpoint_dir

@@ -247,7 +247,8 @@ assert 0.8 < first_loss < 1.2
 # validation loss, sample grids, checkpoints. It also catches Ctrl-C: **interrupting the kernel is
 # safe**, the step in progress finishes, a checkpoint is saved, and running this cell again continues
 # from it. A finished run is loaded, not retrained (set `RETRAIN = True` to start over). The progress
-# bar says how long it will take.
+# bar says how long it will take. On the way, at a quarter of the steps, `ensure_trained` also saves the
+# model as it is then (`shorter_guide`): notebook 06 guides with that weaker version of it.
 
 # %%
 # %%time
@@ -258,7 +259,7 @@ from lib_cfg.notebook import ensure_trained
 
 if RETRAIN:
     shutil.rmtree(config.checkpoint_dir, ignore_errors=True)
-print(f"{config.max_steps} steps of {config.batch_size} images")
+print(f"{config.max_steps} steps of {config.batch_size} images: the progress bar below shows the time left")
 ensure_trained(config, run)  # trains `run` unless a finished (or an interrupted) run is already on disk
 
 # %% [markdown]

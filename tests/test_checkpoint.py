@@ -1,6 +1,7 @@
 """Checkpoints: exact round trip, exact resume after an interrupt, atomic writes."""
 import copy
 import os
+import shutil
 import signal
 
 import pytest
@@ -11,8 +12,8 @@ from lib_cfg.bookkeeping import Callback
 from lib_cfg.checkpoint import load_model, resolve_checkpoint, save_checkpoint
 from lib_cfg.config import get_preset
 from lib_cfg.model import create_unet_model
-from lib_cfg.notebook import ensure_trained
-from lib_cfg.train import build_training, make_optimizer, run_training, training_step
+from lib_cfg.notebook import ensure_trained, is_finished, shorter_guide
+from lib_cfg.train import build_training, make_optimizer, run_training, train, training_step
 
 
 def tiny_config(tmp_path, data_dir, name, **kw):
@@ -68,6 +69,29 @@ def test_notebook_03s_path_trains_exactly_what_the_cli_trains(tmp_path, data_dir
         assert torch.equal(a, b)
     for a, b in zip(cli_ema.state_dict().values(), run.ema_model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_ensure_trained_saves_the_quarter_way_guide_on_the_way(tmp_path, data_dir):
+    """Autoguidance's shorter guide (notebook 06) is the run's own state at a quarter of its steps, saved while
+    it trains: the weights at step 3 of a 12-step run, and ensure_trained then loads it instead of training."""
+    config = tiny_config(tmp_path, data_dir, "main", max_steps=12)
+    ensure_trained(config, silent=True)
+    guide = shorter_guide(config)
+    assert guide.max_steps == 3 and is_finished(guide)
+    assert resolve_checkpoint(guide.checkpoint_dir).endswith("step_000003")
+
+    same = build_training(tiny_config(tmp_path, data_dir, "same", max_steps=12), silent=True)
+    train(same.config, same.model, same.embed, same.train_dataloader, same.val_dataloader, same.noise_schedule,
+          same.optimizer, steps=3, silent=True, bookkeeping=same.bookkeeping, ema_model=same.ema_model)
+    for ema, model in ((True, same.ema_model), (False, same.model)):
+        snapshot, _ = load_model(guide.checkpoint_dir, "cpu", ema=ema)
+        for a, b in zip(model.state_dict().values(), snapshot.state_dict().values()):
+            assert torch.equal(a, b)
+    ensure_trained(guide, silent=True)  # finished: loaded, so it saves no guide of its own (training would)
+    assert not os.path.exists(shorter_guide(guide).checkpoint_dir)
+    shutil.rmtree(guide.checkpoint_dir)
+    ensure_trained(guide, silent=True, save_guide=False)  # trained now, as asked: without a guide of its own
+    assert is_finished(guide) and not os.path.exists(shorter_guide(guide).checkpoint_dir)
 
 
 def test_round_trip_gives_identical_outputs(tmp_path, data_dir):
