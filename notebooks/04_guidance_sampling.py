@@ -182,7 +182,7 @@ print("the bar (colour >= 95%, shape >= 85%) is", "met" if at3["color"] >= 0.95 
 #   $s = 1$ and 82% at $s = 3$; past that it gains less (89% at $s = 5$, 92% at $s = 7.5$). The
 #   conditional model alone ($s = 1$) is not enough here: guidance is doing work. With 50 steps the
 #   $s = 3$ row reaches 86% (shape 86%, colour 100%: the bar is met); 10 steps gave the same verdict
-#   for 69 of the 72 images, so they cost a few points of shape and change no comparison between scales.
+#   for 69 of the 72 images: they cost a few points of shape, and every scale above is sampled with them.
 # - **Variety within a prompt** stays flat, about 1.45 px, up to $s = 1.5$, then falls: 1.17 px at
 #   $s = 3$, 0.78 px at $s = 7.5$. Guided samples of one prompt put a same-sized shape in more and more
 #   the same place. That is the price of guidance, and it is paid at large $s$.

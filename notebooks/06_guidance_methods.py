@@ -185,7 +185,7 @@ ax.set_xlabel("variety within a prompt (px; more is better)"), ax.set_ylabel("ad
 ax.set_title("each method over its scale (labels: s)", fontsize=9), ax.grid(alpha=.3), ax.legend(fontsize=7);
 
 # %% [markdown]
-# Up and to the right is better. At $s = 1$ all six points coincide: every mix is the conditional
+# Up and to the right is better. At $s = 1$ all five points coincide: every mix is the conditional
 # prediction there, so the images are the same (checked below, in CI too).
 
 # %%
