@@ -129,8 +129,11 @@ def train(config: TrainingConfig, model: torch.nn.Module, text_encoder, train_da
     model.train()
     loss_value, pending = None, []  # pending: (step, lr, loss on the device) not yet read
     batches = iter(train_dataloader)
+    # At most one redraw every 2 s: in a notebook each redraw is a widget message, and a cell that trains for
+    # minutes at several steps a second would otherwise send thousands (more than a kernel's output queue
+    # keeps for a reader such as nbval that drains it after the cell).
     progress_bar = tqdm(range(start_step, steps), initial=start_step, total=steps, disable=silent or not shard.is_main,
-                        desc="training")
+                        desc="training", mininterval=2.0)
 
     def read_losses():
         """Bring the pending losses to the host (one sync), check them, record them; returns the last one."""
