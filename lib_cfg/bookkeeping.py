@@ -203,21 +203,27 @@ def weights_are_finite(model) -> bool:
     return bool(torch.isfinite(torch.stack(torch._foreach_norm(list(model.parameters())))).all())
 
 
+def save_if_finite(config, ctx) -> Optional[str]:
+    """Checkpoint this step of the run into config.checkpoint_dir (with config and the history), unless the loss
+    or the weights are not finite; returns the checkpoint's path, or None when nothing was saved."""
+    loss = float(ctx["loss"])
+    # Never overwrite a good checkpoint with a diverged model. The loss is computed before the update, so
+    # an inf gradient can make the weights NaN while this step's loss is still finite: check them too.
+    if not (math.isfinite(loss) and weights_are_finite(ctx["model"])):
+        return None
+    return save_checkpoint(config.checkpoint_dir, config, ctx["model"], ctx["ema_model"], ctx["optimizer"],
+                           ctx["step"], loss, extra={"history": ctx["history"]})
+
+
 class CheckpointCallback(Callback):
     def __init__(self, every: int, config):
         self.every, self.config = every, config
         self.last_path = self.last_step = None
 
     def __call__(self, ctx):
-        loss = float(ctx["loss"])
-        # Never overwrite a good checkpoint with a diverged model. The loss is computed before the update, so
-        # an inf gradient can make the weights NaN while this step's loss is still finite: check them too.
-        if not (math.isfinite(loss) and weights_are_finite(ctx["model"])):
-            return
-        self.last_path = save_checkpoint(self.config.checkpoint_dir, self.config, ctx["model"], ctx["ema_model"],
-                                         ctx["optimizer"], ctx["step"], loss,
-                                         extra={"history": ctx["history"]})
-        self.last_step = ctx["step"]
+        path = save_if_finite(self.config, ctx)
+        if path is not None:
+            self.last_path, self.last_step = path, ctx["step"]
 
 
 class SnapshotCallback(Callback):
@@ -227,18 +233,13 @@ class SnapshotCallback(Callback):
     at_end = False  # its step or never
 
     def __init__(self, step: int, checkpoint_dir: str, config):
-        self.step, self.checkpoint_dir, self.config = step, checkpoint_dir, config
+        self.step, self.config = step, replace(config, checkpoint_dir=checkpoint_dir)
 
     def due(self, step):
         return step == self.step
 
     def __call__(self, ctx):
-        loss = None if ctx["loss"] is None else float(ctx["loss"])
-        if loss is None or not (math.isfinite(loss) and weights_are_finite(ctx["model"])):
-            return
-        save_checkpoint(self.checkpoint_dir, replace(self.config, checkpoint_dir=self.checkpoint_dir), ctx["model"],
-                        ctx["ema_model"], ctx["optimizer"], ctx["step"], loss,
-                        extra={"history": ctx["history"], "snapshot_of": self.config.checkpoint_dir})
+        save_if_finite(self.config, ctx)
 
 
 def default_bookkeeping(config, val_dataloader, noise_schedule, embed, prompts: List[str],
