@@ -14,10 +14,25 @@ import torch
 from tqdm.auto import tqdm
 
 
+BETA_SCHEDULES = ("linear", "cosine")
+
+
 def create_noise_schedule(n_T: int = 1000, device: str = "cpu", beta_start: float = 1e-4,
-                          beta_end: float = 0.02) -> Dict[str, torch.Tensor]:
-    """Linear betas from beta_start to beta_end over n_T steps, and what follows from them. Each is [n_T]."""
-    betas = torch.linspace(beta_start, beta_end, n_T, dtype=torch.float32)
+                          beta_end: float = 0.02, beta_schedule: str = "linear") -> Dict[str, torch.Tensor]:
+    """The betas over n_T steps, and what follows from them. Each is [n_T].
+
+    "linear" (the lesson's, Ho et al. 2020): betas from beta_start to beta_end. "cosine" (Nichol & Dhariwal
+    2021; diffusers' "squaredcos_cap_v2"): alpha-bar_t = cos^2(((t / n_T) + 0.008) / 1.008 * pi / 2), so the
+    signal fades evenly instead of being gone long before the last step; each beta is capped at 0.999."""
+    if beta_schedule == "linear":
+        betas = torch.linspace(beta_start, beta_end, n_T, dtype=torch.float32)
+    elif beta_schedule == "cosine":
+        def alpha_bar(u):
+            return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+        betas = torch.tensor([min(1 - alpha_bar((i + 1) / n_T) / alpha_bar(i / n_T), 0.999) for i in range(n_T)],
+                             dtype=torch.float32)
+    else:
+        raise ValueError(f"unknown beta_schedule {beta_schedule!r}; choose one of {BETA_SCHEDULES}")
     alphas = 1.0 - betas
     alphas_cumprod = torch.cumprod(alphas, dim=0)  # alpha-bar_t: how much signal is left at step t
     schedule = {
@@ -31,9 +46,16 @@ def create_noise_schedule(n_T: int = 1000, device: str = "cpu", beta_start: floa
 
 
 def noise_schedule_for(config, device: str = "cpu") -> Dict[str, torch.Tensor]:
-    """The schedule a TrainingConfig describes (num_denoising_steps, beta_start, beta_end): the one way
-    training, sampling and benchmarks build it, so none can drop a field."""
-    return create_noise_schedule(config.num_denoising_steps, device, config.beta_start, config.beta_end)
+    """The schedule a TrainingConfig describes (num_denoising_steps, beta_schedule, beta_start, beta_end): the
+    one way training, sampling and benchmarks build it, so none can drop a field."""
+    return create_noise_schedule(config.num_denoising_steps, device, config.beta_start, config.beta_end,
+                                 config.beta_schedule)
+
+
+def snr(noise_schedule: Dict, t: torch.Tensor) -> torch.Tensor:
+    """Signal-to-noise ratio alpha-bar_t / (1 - alpha-bar_t) at timesteps t [N] -> [N]."""
+    a = noise_schedule["alphas_cumprod"].to(t.device)[t]
+    return a / (1 - a)
 
 
 def _at(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -116,7 +138,18 @@ class DDPMSampler:
 
 
 class DDIMSampler(DDPMSampler):
-    """Deterministic DDIM (Song et al. 2021, eta = 0): any number of steps, no noise added."""
+    """DDIM (Song et al. 2021): any number of steps; `eta` sets how much fresh noise each step adds.
+
+    eta = 0 is deterministic: x_T fixes the image, and an error in an early eps is never corrected.
+    eta = 1 adds the posterior's noise and is then the respaced DDPM step itself (the same formula,
+    rearranged); in between, a part of it. diffusers: `DDIMScheduler.step(eta=...)`."""
+
+    def __init__(self, noise_schedule: Dict, clip_sample_range: float = 1.0,
+                 dynamic_thresholding_ratio: Optional[float] = None, sample_max_value: float = 2.0, eta: float = 0.0):
+        if not 0 <= eta <= 1:
+            raise ValueError(f"eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM's noise), got {eta}")
+        super().__init__(noise_schedule, clip_sample_range, dynamic_thresholding_ratio, sample_max_value)
+        self.eta = eta
 
     def step(self, eps: torch.Tensor, t: int, x_t: torch.Tensor, generator: Optional[torch.Generator] = None,
              noise: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -125,7 +158,27 @@ class DDIMSampler(DDPMSampler):
         if self.clip_sample_range or self.dynamic_thresholding_ratio:
             # Re-derive eps from the clipped x0 so the step stays consistent (as diffusers does).
             eps = (x_t - a_t.sqrt() * x0) / (1 - a_t).sqrt()
-        return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+        # sigma_t^2: eta^2 times the posterior variance of the step from t to the previous visited timestep
+        std = self.eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
+        x_prev = a_prev.sqrt() * x0 + (1 - a_prev - std ** 2).clamp(min=0).sqrt() * eps
+        if self.eta == 0 or t - self.step_ratio < 0:
+            return x_prev  # deterministic, or the last step (which adds no noise)
+        if noise is None:
+            noise = randn(x_t.shape, generator, x_t.device).to(x_t.dtype)
+        return x_prev + std * noise
+
+
+SAMPLERS = ("ddpm", "ddim")
+
+
+def make_sampler(kind: str, noise_schedule: Dict, clip_sample_range: float = 1.0, eta: float = 0.0,
+                 dynamic_thresholding_ratio: Optional[float] = None) -> DDPMSampler:
+    """"ddpm" (ancestral; respaced when it takes fewer than T steps) or "ddim" (with `eta`)."""
+    if kind == "ddpm":
+        return DDPMSampler(noise_schedule, clip_sample_range, dynamic_thresholding_ratio)
+    if kind == "ddim":
+        return DDIMSampler(noise_schedule, clip_sample_range, dynamic_thresholding_ratio, eta=eta)
+    raise ValueError(f"unknown sampler {kind!r}; choose one of {SAMPLERS}")
 
 
 def dynamic_threshold(x0: torch.Tensor, ratio: float = 0.995, max_value: float = 2.0) -> torch.Tensor:

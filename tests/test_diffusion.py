@@ -39,6 +39,17 @@ def test_the_schedule_a_config_describes_keeps_every_field():
     torch.testing.assert_close(ours["alphas_cumprod"], ref.alphas_cumprod, rtol=1e-5, atol=1e-7)
 
 
+def test_cosine_schedule_matches_diffusers_squaredcos_cap_v2():
+    ours = create_noise_schedule(T, beta_schedule="cosine")
+    ref = DDPMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2")
+    torch.testing.assert_close(ours["betas"], ref.betas, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(ours["alphas_cumprod"], ref.alphas_cumprod, rtol=1e-4, atol=1e-7)
+    # what the config field reaches: training and sampling build the schedule from it
+    torch.testing.assert_close(noise_schedule_for(get_preset("ci", beta_schedule="cosine"))["betas"], ref.betas,
+                               rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="beta_schedule"):
+        create_noise_schedule(T, beta_schedule="sigmoid")
+
 def test_add_noise_matches_diffusers():
     g = torch.Generator().manual_seed(0)
     x0, eps = torch.randn(16, 3, 8, 8, generator=g), torch.randn(16, 3, 8, 8, generator=g)
@@ -78,6 +89,37 @@ def test_ddim_step_matches_diffusers(num_steps):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
         x = a
 
+
+@pytest.mark.parametrize("eta,clip", [(0.5, True), (1.0, True), (0.3, False)])
+def test_ddim_with_eta_matches_diffusers_with_the_same_noise(eta, clip):
+    ours = DDIMSampler(create_noise_schedule(T), clip_sample_range=1.0 if clip else None, eta=eta)
+    ref = DDIMScheduler(num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, clip_sample=clip,
+                        clip_sample_range=1.0, set_alpha_to_one=True, timestep_spacing="leading")
+    ours.set_timesteps(25), ref.set_timesteps(25)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 3, 8, 8, generator=g)
+    for t in ours.timesteps.tolist():
+        eps, noise = torch.randn(4, 3, 8, 8, generator=g) * 1.5, torch.randn(4, 3, 8, 8, generator=g)
+        a = ours.step(eps, t, x, noise=noise)
+        b = ref.step(eps, t, x, eta=eta, use_clipped_model_output=clip, variance_noise=noise).prev_sample
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+        x = a
+    assert not torch.equal(ours.step(eps, 500, x, noise=noise), ours.step(eps, 500, x, noise=-noise))  # noise is used
+
+
+def test_ddim_at_eta_1_is_the_respaced_ddpm_step():
+    # The two samplers are one formula at eta = 1 (Song et al. 2021, eq. 16): same x_t, eps and noise, same x_{t-1}.
+    ddim, ddpm = DDIMSampler(create_noise_schedule(T), eta=1.0), DDPMSampler(create_noise_schedule(T))
+    ddim.set_timesteps(10), ddpm.set_timesteps(10)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 3, 8, 8, generator=g)
+    for t in ddpm.timesteps.tolist():
+        eps, noise = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
+        a, b = ddim.step(eps, t, x, noise=noise), ddpm.step(eps, t, x, noise=noise)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+        x = b
+    with pytest.raises(ValueError, match="eta"):
+        DDIMSampler(create_noise_schedule(T), eta=1.5)
 
 def test_ddim_without_clipping_matches_diffusers():
     ours = DDIMSampler(create_noise_schedule(T), clip_sample_range=None)
