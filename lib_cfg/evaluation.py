@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from .diffusion import randn, sample
+from .fidelity import fidelity_stats, speckle
 from .plotting import to_numpy_images, to_unit
 from .synthetic import ATTRIBUTES, BG_DIM, COLORS, SHAPES, all_prompts, caption, draw_shape
 
@@ -99,26 +100,39 @@ def evaluation_prompts(n_per_prompt: int, backgrounds: bool = False):
 
 
 def sweep(generate, scales: Iterable[float], n_per_prompt: int, resolution: int, device, seed: int = 0,
-          batch_size: int = 256, progress: bool = True, backgrounds: bool = False) -> Dict[str, Dict[str, float]]:
+          batch_size: int = 256, progress: bool = True, backgrounds: bool = False,
+          fidelity=None) -> Dict[str, Dict[str, float]]:
     """Judge `generate(scale, rows, x_T) -> images` at each scale, for every prompt n_per_prompt times.
 
     rows: a slice into the evaluation prompts; x_T: the starting noise of those rows. The same noise
-    is used at every scale, so scales differ only by guidance. Returns {"<scale>": {"color", "shape", "all"}}.
+    is used at every scale, so scales differ only by guidance. Returns {"<scale>": {"color", "shape", "all",
+    "speckle"}}; with a `lib_cfg.fidelity.Fidelity` also "fid", and in every entry the real images' values
+    "fid_real" (the real-vs-real floor for this many images) and "speckle_real".
     """
     texts, targets = evaluation_prompts(n_per_prompt, backgrounds)
     noise = randn((len(texts), 3, resolution, resolution), torch.Generator().manual_seed(seed), device)
+    real = real_fidelity(fidelity, targets) if fidelity is not None else {}
     results = {}
     for s in tqdm(list(scales), desc="guidance scales", disable=not progress):
         images = torch.cat([generate(float(s), slice(i, i + batch_size), noise[i:i + batch_size])
                             for i in range(0, len(texts), batch_size)])
-        results[format_scale(s)] = attribute_accuracy(judge(images, backgrounds), targets)
+        results[format_scale(s)] = {**attribute_accuracy(judge(images, backgrounds), targets),
+                                    **fidelity_stats(images, fidelity), **real}
     return results
 
 
+def real_fidelity(fidelity, targets) -> Dict[str, float]:
+    """{"fid_real", "speckle_real"}: the floor and the speckle of real images drawn as the targets are."""
+    real = fidelity.real_images(targets)
+    return {"fid_real": fidelity.fid(real), "speckle_real": float(speckle(real).mean())}
+
+
 def adherence_sweep(model, embed, scales: Iterable[float], sampler, n_per_prompt: int = 6,
-                    num_inference_steps: int = 50, seed: int = 0, batch_size: int = 256,
-                    progress: bool = True, backgrounds: bool = False, **options) -> Dict[str, Dict[str, float]]:
-    """Classifier-free guidance: per-attribute accuracy at each guidance scale (see `sweep`).
+                    num_inference_steps: int = 25, seed: int = 0, batch_size: int = 256,
+                    progress: bool = True, backgrounds: bool = False, fidelity=None,
+                    **options) -> Dict[str, Dict[str, float]]:
+    """Classifier-free guidance: per-attribute accuracy, speckle (and with `fidelity`, the Fréchet distance)
+    at each guidance scale (see `sweep`).
 
     embed: captions [N] -> embeddings [N x D] (a TextEncoder or EmbeddingCache).
     backgrounds: the coloured-background prompts and judge (a model trained on "synthetic-shapes-bg").
@@ -130,7 +144,7 @@ def adherence_sweep(model, embed, scales: Iterable[float], sampler, n_per_prompt
     cond = embed(texts).to(device)
     return sweep(lambda s, rows, x_T: sample(model, cond[rows], sampler, s, num_inference_steps, x_T=x_T,
                                              progress=False, **options),
-                 scales, n_per_prompt, model.resolution, device, seed, batch_size, progress, backgrounds)
+                 scales, n_per_prompt, model.resolution, device, seed, batch_size, progress, backgrounds, fidelity)
 
 
 def format_scale(s: float) -> str:
@@ -138,14 +152,27 @@ def format_scale(s: float) -> str:
 
 
 def format_table(results: Dict[str, Dict[str, float]]) -> str:
-    """A plain-text table: one row per guidance scale, one column per attribute, chance at the bottom."""
-    cols = list(next(iter(results.values())))
-    lines = ["guidance s | " + " | ".join(f"{c:>6}" for c in cols), "-" * (13 + 9 * len(cols))]
+    """A plain-text table: one row per guidance scale, one column per attribute (and fid, speckle), then
+    chance for the attributes and, when the results have them, the real images' fid and speckle."""
+    first = next(iter(results.values()))
+    quality = [c for c in ("fid", "speckle") if c in first]
+    cols = [c for c in first if c not in quality and c not in ("fid_real", "speckle_real")] + quality
+
+    def cell(c, v):
+        if v is None:
+            return " " * (7 if c in quality else 6)
+        return f"{v:7.3f}" if c in quality else f"{100 * v:5.1f}%"
+
+    lines = ["guidance s | " + " | ".join(f"{c:>{7 if c in quality else 6}}" for c in cols), "-" * (13 + 9 * len(cols))]
     for s, acc in results.items():
-        lines.append(f"{s:>10} | " + " | ".join(f"{100 * acc[c]:5.1f}%" for c in cols))
+        lines.append(f"{s:>10} | " + " | ".join(cell(c, acc[c]) for c in cols))
     chance = chance_accuracy()
     chance["all"] = float(np.prod(list(chance.values())))
-    lines.append(f"{'chance':>10} | " + " | ".join(f"{100 * chance.get(c, float('nan')):5.1f}%" for c in cols))
+    lines.append(f"{'chance':>10} | " + " | ".join(cell(c, None if c in quality else chance.get(c, float("nan")))
+                                                   for c in cols))
+    if quality:
+        real = {"fid": first.get("fid_real"), "speckle": first.get("speckle_real")}
+        lines.append(f"{'real':>10} | " + " | ".join(cell(c, real[c] if c in quality else None) for c in cols))
     return "\n".join(lines)
 
 
@@ -194,12 +221,13 @@ def layout_variety(images: torch.Tensor, groups: List[int], on_background: bool 
     return float(torch.stack(values).mean()) if values else 0.0
 
 
-def tradeoff(pipe, scales: Iterable[float], n_per_prompt: int = 4, steps: int = 25, seed: int = 0,
-             backgrounds: bool = False, every: int = 1, **options) -> Dict[str, Dict[str, float]]:
+def tradeoff(pipe, scales: Iterable[float], n_per_prompt: int = 4, steps: Optional[int] = None, seed: int = 0,
+             backgrounds: bool = False, every: int = 1, fidelity=None, **options) -> Dict[str, Dict[str, float]]:
     """Adherence and what guidance costs, at each scale: {"<s>": {"color", "shape", "all" (+ "background",
-    "binding"), "variety" (layout_variety, px), "saturation", "clipped"}}. Every `every`-th evaluation prompt
-    (1: all of them) n_per_prompt times, from the same noise at every scale.
-    pipe: a `sampling.Pipeline`; options: its guidance options."""
+    "binding"), "variety" (layout_variety, px), "saturation", "clipped", "speckle" (+ "fid" with a
+    `lib_cfg.fidelity.Fidelity`)}}. Every `every`-th evaluation prompt (1: all of them) n_per_prompt times,
+    from the same noise at every scale. pipe: a `sampling.Pipeline` (steps: default its config's);
+    options: its guidance and sampler options."""
     texts, targets = evaluation_prompts(n_per_prompt, backgrounds)
     keep = [i for i in range(len(texts)) if (i // n_per_prompt) % every == 0]
     texts, targets = [texts[i] for i in keep], [targets[i] for i in keep]
@@ -209,7 +237,7 @@ def tradeoff(pipe, scales: Iterable[float], n_per_prompt: int = 4, steps: int = 
         images = pipe(texts, s, steps, seed=seed, **options)
         results[format_scale(s)] = {**attribute_accuracy(judge(images, backgrounds), targets),
                                     "variety": layout_variety(images, groups, backgrounds),
-                                    **saturation_stats(images)}
+                                    **saturation_stats(images), **fidelity_stats(images, fidelity)}
     return results
 
 
