@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint
-from .diffusion import DDIMSampler, add_noise, sample
+from .diffusion import add_noise, make_sampler, sample
 from .plotting import save_image_grid
 
 
@@ -176,11 +176,12 @@ class ValidationCallback(Callback):
 
 
 class SampleGridCallback(Callback):
-    """Writes a PNG grid of samples (prompts as titles) with the EMA model, same noise each time."""
+    """Writes a PNG grid of samples (prompts as titles) with the EMA model, same noise each time, with the
+    config's sampler and steps."""
 
     def __init__(self, every: int, out_dir: str, prompts: List[str], embed, noise_schedule, config):
         self.every, self.out_dir, self.prompts, self.embed = every, out_dir, prompts, embed
-        self.sampler = DDIMSampler(noise_schedule, config.clip_sample_range)
+        self.sampler = make_sampler(config.sampler, noise_schedule, config.clip_sample_range, config.eta)
         self.config = config
         self.last_path = None
 

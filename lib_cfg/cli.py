@@ -23,7 +23,9 @@ from dataclasses import fields, replace
 
 from .checkpoint import load_config, load_trainer_state
 from .config import PRESETS, SYNTHETIC_BG_DATASET, SYNTHETIC_DATASET, TrainingConfig, field_names, get_preset, preset_of
+from .diffusion import SAMPLERS
 from .evaluation import adherence_sweep, format_table
+from .fidelity import SPECKLED, Fidelity
 from .guidance import METHODS
 from .plotting import guidance_grid_figure
 from .sampling import guidance_for, guidance_grid, load_pipeline
@@ -103,9 +105,8 @@ def cmd_sample(args, overrides):
     options = dict(negative_prompt=args.negative_prompt, guidance_rescale=args.guidance_rescale,
                    guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None,
                    dynamic_thresholding_ratio=args.dynamic_thresholding_ratio, guidance=_guidance(pipe, args))
-    images = guidance_grid(pipe, prompts, args.scales, args.steps, args.seed, args.sampler, **options)
-    fig = guidance_grid_figure(images, prompts, args.scales,
-                               suptitle=f"{args.sampler.upper()} {args.steps} steps, seed {args.seed}")
+    images = guidance_grid(pipe, prompts, args.scales, args.steps, args.seed, args.sampler, eta=args.eta, **options)
+    fig = guidance_grid_figure(images, prompts, args.scales, suptitle=f"{_sampler_name(pipe, args)}, seed {args.seed}")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     fig.savefig(args.out, dpi=110)
     print(f"wrote {args.out} ({len(prompts)} prompts x {len(args.scales)} guidance scales)")
@@ -117,17 +118,28 @@ def cmd_evaluate(args, overrides):
     if pipe.config.dataset not in (SYNTHETIC_DATASET, SYNTHETIC_BG_DATASET):
         raise SystemExit(f"error: the adherence judge knows the synthetic shapes only; this checkpoint was trained "
                          f"on {pipe.config.dataset!r}. Use `sample` to look at its images instead.")
-    results = adherence_sweep(pipe.model, pipe.embed, args.scales, pipe.sampler(args.sampler), args.n_per_prompt,
-                              args.steps, args.seed, progress=not args.json,
-                              backgrounds=pipe.config.dataset == SYNTHETIC_BG_DATASET, guidance=_guidance(pipe, args))
+    backgrounds = pipe.config.dataset == SYNTHETIC_BG_DATASET
+    results = adherence_sweep(pipe.model, pipe.embed, args.scales, pipe.sampler(args.sampler, eta=args.eta),
+                              args.n_per_prompt, args.steps or pipe.config.num_inference_steps, args.seed,
+                              progress=not args.json, backgrounds=backgrounds, guidance=_guidance(pipe, args),
+                              fidelity=Fidelity(pipe.config, progress=not args.json))
     if args.json:
         print(json.dumps(results))
     else:
-        n_prompts = 90 if pipe.config.dataset == SYNTHETIC_BG_DATASET else 18
-        print(f"adherence of {args.checkpoint}: {args.n_per_prompt} samples per prompt x {n_prompts} prompts, "
-              f"{args.sampler.upper()} {args.steps} steps, guidance {args.guidance}")
+        n_prompts = 90 if backgrounds else 18
+        print(f"adherence and fidelity of {args.checkpoint}: {args.n_per_prompt} samples per prompt x {n_prompts} "
+              f"prompts, {_sampler_name(pipe, args)}, guidance {args.guidance}")
         print(format_table(results))
+        print(f"fid: Frechet distance from held-out real images (lower is closer; 'real' is the floor for "
+              f"{args.n_per_prompt * n_prompts} real images); speckle: pixel noise (images above {SPECKLED} look "
+              f"like noise)")
     return 0
+
+
+def _sampler_name(pipe, args) -> str:
+    kind, steps = args.sampler or pipe.config.sampler, args.steps or pipe.config.num_inference_steps
+    eta = pipe.config.eta if args.eta is None else args.eta
+    return f"{kind.upper()} {steps} steps" + (f", eta {eta:g}" if kind == "ddim" else "")
 
 
 def _guidance(pipe, args):
@@ -164,8 +176,12 @@ def build_parser():
         s = sub.add_parser(name)
         s.add_argument("--checkpoint", required=True, metavar="CHECKPOINT_DIR")
         s.add_argument("--scales", type=float, nargs="+", default=DEFAULT_SCALES, help="guidance scales s")
-        s.add_argument("--steps", type=int, default=50, help="sampling steps")
-        s.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
+        s.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's "
+                       "num_inference_steps)")
+        s.add_argument("--sampler", default=None, choices=SAMPLERS,
+                       help="ddpm (ancestral, respaced to --steps) or ddim (default: the checkpoint's sampler)")
+        s.add_argument("--eta", type=float, default=None, help="ddim: noise per step, 0 (deterministic) to 1 "
+                       "(DDPM's); default: the checkpoint's eta")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--device", default=None, help="default: the checkpoint's config device")
         s.add_argument("--guidance", default="cfg", choices=METHODS,

@@ -53,9 +53,17 @@ class TrainingConfig:
     # tokens kept per caption for cross-attention (longer captions are truncated)
     max_text_tokens: int = field(default=16, metadata=MODEL)
     # --- diffusion ---
-    num_denoising_steps: int = field(default=1000, metadata=MODEL)  # T: training timesteps of the linear beta schedule
+    num_denoising_steps: int = field(default=1000, metadata=MODEL)  # T: training timesteps of the noise schedule
+    # how alpha-bar_t falls over t: "linear" betas (the lesson's) or "cosine" (Nichol & Dhariwal 2021)
+    beta_schedule: str = field(default="linear", metadata=MODEL)
     beta_start: float = field(default=1e-4, metadata=MODEL)  # first beta of the linear schedule
     beta_end: float = field(default=0.02, metadata=MODEL)  # last beta of the linear schedule
+    # which timesteps training draws: "uniform" (the lesson's) or "logit_normal" (Esser et al. 2024: t / T =
+    # sigmoid of a standard normal, so mid-noise steps come up most)
+    timestep_sampling: str = "uniform"
+    # Min-SNR-gamma loss weight (Hang et al. 2023): each image's MSE times min(SNR_t, gamma) / SNR_t, so the
+    # easy low-noise steps weigh less. 0: off, the lesson's unweighted MSE
+    snr_gamma: float = 0.0
     clip_sample_range: float = 1.0  # predicted x0 is clipped to [-r, r] while sampling
     # --- classifier-free guidance ---
     text_drop_prob: float = 0.2  # p_uncond: chance a caption is swapped for the null embedding in training
@@ -76,7 +84,11 @@ class TrainingConfig:
     sample_every: int = field(default=500, metadata=RUNTIME)  # steps between sample grids
     save_every: int = field(default=500, metadata=RUNTIME)  # steps between checkpoints
     n_samples: int = field(default=8, metadata=RUNTIME)  # prompts in each sample grid
-    num_inference_steps: int = 50  # DDIM steps for sample grids and evaluation
+    # --- sampling (sample grids, `sample`, `evaluate`, the notebooks) ---
+    # "ddpm": ancestral steps, respaced to num_inference_steps; "ddim": DDIM with eta below
+    sampler: str = field(default="ddpm", metadata=RUNTIME)
+    num_inference_steps: int = field(default=25, metadata=RUNTIME)  # denoising steps per sample
+    eta: float = field(default=0.0, metadata=RUNTIME)  # ddim only: 0 deterministic, 1 the DDPM step's noise
     # --- runtime ---
     # "auto" picks CUDA, then MPS, then CPU; or "cpu", "cuda", "cuda:1", "mps"
     device: str = field(default="auto", metadata=RUNTIME)
@@ -118,6 +130,12 @@ class TrainingConfig:
              "must be 'modulation', 'concat' or 'cross_attention'")
         need(self.max_text_tokens >= 2, "max_text_tokens", "must be >= 2 (the encoder's start and end tokens)")
         need(self.lr_schedule in ("cosine", "constant"), "lr_schedule", "must be 'cosine' or 'constant'")
+        need(self.beta_schedule in ("linear", "cosine"), "beta_schedule", "must be 'linear' or 'cosine'")
+        need(self.timestep_sampling in ("uniform", "logit_normal"), "timestep_sampling",
+             "must be 'uniform' or 'logit_normal'")
+        need(self.snr_gamma >= 0 and math.isfinite(self.snr_gamma), "snr_gamma", "must be >= 0 (0: off)")
+        need(self.sampler in ("ddpm", "ddim"), "sampler", "must be 'ddpm' or 'ddim'")
+        need(0.0 <= self.eta <= 1.0, "eta", "must lie in [0, 1]")
         need(self.mixed_precision in ("auto", "bf16", "no"), "mixed_precision", "must be 'auto', 'bf16' or 'no'")
         need(len(self.channel_mult) > 0, "channel_mult", "needs at least one level")
         factor = 2 ** (len(self.channel_mult) - 1)

@@ -8,7 +8,7 @@ import torch
 
 from .checkpoint import load_model
 from .config import TrainingConfig
-from .diffusion import DDIMSampler, DDPMSampler, noise_schedule_for, randn, sample
+from .diffusion import DDPMSampler, make_sampler, noise_schedule_for, randn, sample
 from .guidance import Guidance
 from .text_encoder import EmbeddingCache
 
@@ -21,21 +21,23 @@ class Pipeline:
     embed: object  # captions [N] -> [N x D] (EmbeddingCache)
     noise_schedule: dict
 
-    def sampler(self, kind: str = "ddim", dynamic_thresholding_ratio: Optional[float] = None):
-        if kind not in ("ddim", "ddpm"):
-            raise ValueError(f"unknown sampler {kind!r}; choose 'ddim' or 'ddpm'")
-        cls = DDIMSampler if kind == "ddim" else DDPMSampler
-        return cls(self.noise_schedule, self.config.clip_sample_range, dynamic_thresholding_ratio)
+    def sampler(self, kind: Optional[str] = None, dynamic_thresholding_ratio: Optional[float] = None,
+                eta: Optional[float] = None) -> DDPMSampler:
+        """The sampler `kind` ("ddpm" or "ddim"; default: the config's) on this model's noise schedule."""
+        return make_sampler(kind or self.config.sampler, self.noise_schedule, self.config.clip_sample_range,
+                            self.config.eta if eta is None else eta, dynamic_thresholding_ratio)
 
     @property
     def device(self):
         return next(self.model.parameters()).device
 
-    def __call__(self, prompts: Sequence[str], guidance_scale: float = 3.0, num_inference_steps: int = 50,
-                 seed: int = 0, sampler: str = "ddim", progress: bool = False, negative_prompt: Optional[str] = None,
-                 guidance_rescale: float = 0.0, guidance_interval=None,
-                 dynamic_thresholding_ratio: Optional[float] = None, guidance: Optional[Guidance] = None) -> torch.Tensor:
+    def __call__(self, prompts: Sequence[str], guidance_scale: float = 3.0, num_inference_steps: Optional[int] = None,
+                 seed: int = 0, sampler: Optional[str] = None, progress: bool = False,
+                 negative_prompt: Optional[str] = None, guidance_rescale: float = 0.0, guidance_interval=None,
+                 dynamic_thresholding_ratio: Optional[float] = None, guidance: Optional[Guidance] = None,
+                 eta: Optional[float] = None) -> torch.Tensor:
         """Images [N x 3 x H x W] in [-1, 1] for N prompts. A prompt of None means unconditional (null).
+        sampler, num_inference_steps, eta: default to the config's (`sampler`, `num_inference_steps`, `eta`).
         The guidance options (all off by default) are `sample`'s and the sampler's; `guidance` picks APG,
         CFG-Zero* or autoguidance (`guidance_for`) in place of plain CFG."""
         r = self.config.resolution
@@ -48,8 +50,8 @@ class Pipeline:
             cond = self.model.swap_in_null(self.embed(["" if p is None else p for p in prompts], self.device),
                                            len(prompts), uncond_mask=null)
         negative = None if negative_prompt is None else self.embed([negative_prompt] * len(prompts), self.device)
-        return sample(self.model, cond, self.sampler(sampler, dynamic_thresholding_ratio), guidance_scale,
-                      num_inference_steps, x_T=x_T, generator=g, progress=progress, negative_embeddings=negative,
+        return sample(self.model, cond, self.sampler(sampler, dynamic_thresholding_ratio, eta), guidance_scale,
+                      num_inference_steps or self.config.num_inference_steps, x_T=x_T, generator=g, progress=progress, negative_embeddings=negative,
                       guidance_rescale=guidance_rescale, guidance_interval=guidance_interval, guidance=guidance)
 
 
@@ -84,10 +86,11 @@ def guidance_for(pipe: Pipeline, method: str = "cfg", guide_checkpoint: Optional
     return Guidance(method, guide_model=guide, **options)
 
 
-def guidance_grid(pipe: Pipeline, prompts: List[str], scales: Sequence[float], num_inference_steps: int = 50,
-                  seed: int = 0, sampler: str = "ddim", **options) -> torch.Tensor:
+def guidance_grid(pipe: Pipeline, prompts: List[str], scales: Sequence[float],
+                  num_inference_steps: Optional[int] = None, seed: int = 0, sampler: Optional[str] = None,
+                  **options) -> torch.Tensor:
     """[len(prompts) * len(scales) x 3 x H x W], prompt-major. Each prompt keeps its starting noise across
-    scales, so a row shows what guidance alone changes. options: the Pipeline's guidance options."""
+    scales, so a row shows what guidance alone changes. options: the Pipeline's guidance and sampler options."""
     per_scale = [pipe(prompts, s, num_inference_steps, seed=seed, sampler=sampler, **options)
                  for s in scales]  # [P x 3 x H x W] each
     return torch.stack(per_scale, dim=1).flatten(0, 1)

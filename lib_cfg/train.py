@@ -27,7 +27,7 @@ from .bookkeeping import Bookkeeping, default_bookkeeping
 from .checkpoint import load_trainer_state, restore_training
 from .config import SYNTHETIC_DATASET, TrainingConfig, resolve_device, use_bf16
 from .data import all_captions, load_data
-from .diffusion import add_noise, noise_schedule_for
+from .diffusion import add_noise, noise_schedule_for, snr
 from .distributed import Shard
 from .model import create_unet_model
 from .synthetic import sample_prompts
@@ -89,7 +89,7 @@ def training_step(model, optimizer, x0: torch.Tensor, text_embeddings: torch.Ten
     depend on how many processes share it."""
     device = x0.device
     n, rows = x0.shape[0] * shard.world_size, shard.rows(x0.shape[0])
-    t = torch.randint(0, len(noise_schedule["betas"]), (n,), device=device)[rows]
+    t = draw_timesteps(n, len(noise_schedule["betas"]), config.timestep_sampling, device)[rows]
     eps = torch.randn((n, *x0.shape[1:]), device=device)[rows]
     # Classifier-free dropout: each caption becomes the null embedding with probability text_drop_prob (the
     # lesson's p_uncond), so one network learns eps(x_t, t, caption) and eps(x_t, t, null). The lesson draws
@@ -98,13 +98,25 @@ def training_step(model, optimizer, x0: torch.Tensor, text_embeddings: torch.Ten
     x_t = add_noise(x0, eps, t, noise_schedule)
     with autocast(str(device), config.mixed_precision):
         predicted_noise = model(x_t, t, text_embeddings, uncond_mask=uncond_mask)
-    loss = F.mse_loss(predicted_noise.float(), eps)
+    if config.snr_gamma:  # Min-SNR-gamma: each image's MSE times min(SNR, gamma) / SNR
+        per_image = (predicted_noise.float() - eps).pow(2).mean(dim=(1, 2, 3))
+        s = snr(noise_schedule, t)
+        loss = (per_image * s.clamp(max=config.snr_gamma) / s).mean()
+    else:  # the lesson's loss
+        loss = F.mse_loss(predicted_noise.float(), eps)
 
     optimizer.zero_grad(set_to_none=True)
     loss.backward()  # under DDP this also averages the gradients over the processes
     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
     optimizer.step()
     return loss
+
+
+def draw_timesteps(n: int, T: int, how: str = "uniform", device="cpu") -> torch.Tensor:
+    """n training timesteps in [0, T): "uniform", or "logit_normal" (t / T = sigmoid(z), z ~ N(0, 1))."""
+    if how == "logit_normal":
+        return (torch.sigmoid(torch.randn(n, device=device)) * T).long().clamp(max=T - 1)
+    return torch.randint(0, T, (n,), device=device)
 
 
 def train(config: TrainingConfig, model: torch.nn.Module, text_encoder, train_dataloader: DataLoader,

@@ -90,8 +90,12 @@ def test_cli_evaluate_json(ci_run, capsys):
     assert main(["evaluate", "--checkpoint", ckpt, "--scales", "0", "3", "--steps", "5", "--n_per_prompt", "1",
                  "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(result) == {"0", "3"} and set(result["3"]) == {"color", "shape", "all"}
-    assert all(0 <= v <= 1 for acc in result.values() for v in acc.values())
+    assert set(result) == {"0", "3"}
+    assert set(result["3"]) == {"color", "shape", "all", "fid", "speckle", "fid_real", "speckle_real"}
+    assert all(0 <= acc[k] <= 1 for acc in result.values() for k in ("color", "shape", "all"))
+    # fidelity: a distance and a pixel-noise level, both positive; the floor is the same at every scale
+    assert all(acc["fid"] > 0 and 0 < acc["speckle"] < 1 for acc in result.values())
+    assert result["0"]["fid_real"] == result["3"]["fid_real"] and result["3"]["speckle_real"] < 0.02
 
 
 def test_cli_evaluate_with_each_guidance_method_keeps_the_json_format(ci_run, capsys):
@@ -103,7 +107,7 @@ def test_cli_evaluate_with_each_guidance_method_keeps_the_json_format(ci_run, ca
     for method, options in runs.items():
         assert main(common + ["--guidance", method] + options) == 0, capsys.readouterr().err
         results[method] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-        assert set(results[method]) == {"1", "4"} and set(results[method]["4"]) == {"color", "shape", "all"}
+        assert set(results[method]) == {"1", "4"} and {"color", "shape", "all", "fid"} <= set(results[method]["4"])
     # s = 1 is the conditional model under every method but zero-init, which changes the first step
     assert results["apg"]["1"] == results["autoguidance"]["1"] == results["cfg"]["1"]
     # the model guiding itself: eps_bad = eps_cond, so s does nothing
