@@ -72,12 +72,16 @@ def to_markdown(results: dict) -> str:
         g = results["cfg"]
         lines += [f"## CFG: one batched pass vs two\n\n{g['s_per_image_step_batched'] * 1e3:.3f} vs "
                   f"{g['s_per_image_step_two_passes'] * 1e3:.3f} ms per image per step: **{g['speedup']}x**\n"]
-    if results.get("samplers"):
-        n = results["samplers"][0].get("images", "?")
-        lines += [f"## Samplers (trained quick model, s = 3, {n} images each)\n",
-                  "| sampler | s/image | speedup | colour | shape | all |", "| --- | --- | --- | --- | --- | --- |"]
+    if isinstance(results.get("samplers"), dict):
+        t = results["samplers"]
+        rows, real = t["rows"], t["real"]
+        lines += [f"## Samplers (trained quick model, s = 3, {rows[0]['images']} images x {rows[0]['seeds']} seeds)\n",
+                  "| sampler | s/image | speedup | colour | shape | fid (per seed) | speckle | speckled |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {r['sampler']} | {r['s_per_image']} | {r['speedup_vs_ddpm1000']}x | {r['color']:.1%} | "
-                  f"{r['shape']:.1%} | {r['all']:.1%} |" for r in results["samplers"]]
+                  f"{r['shape']:.1%} | {r['fid']:.2f} ({', '.join(f'{v:.2f}' for v in r['fid_per_seed'])}) | "
+                  f"{r['speckle']:.4f} | {r['speckled']:.0%} |" for r in rows]
+        lines += [f"| real images | | | | | {real['fid']:.2f} | {real['speckle']:.4f} | |"]
     if "time_to_bar" in results:
         b = results["time_to_bar"]
         lines += ["", "## Time for the quick preset to reach the bar (s = 3: colour >= 95%, shape >= 85%)\n",

@@ -8,7 +8,7 @@ and t, so log p(y | x_t) = log p(colour | x_t) + log p(shape | x_t).
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable
+from typing import Dict, Iterable, Optional
 
 import torch
 import torch.nn as nn
@@ -113,11 +113,12 @@ def classifier_guided_eps(model, classifier, x_t: torch.Tensor, t: torch.Tensor,
 
 def sample_with_classifier(model, classifier, labels: Dict[str, torch.Tensor], sampler, scale: float,
                            x_T: torch.Tensor, noise_schedule: Dict, num_inference_steps: int = 50,
-                           progress: bool = False) -> torch.Tensor:
-    """Classifier-guided sampling from x_T [N x 3 x H x W] towards labels ({name: [N]}). Returns [N x 3 x H x W]."""
+                           progress: bool = False, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Classifier-guided sampling from x_T [N x 3 x H x W] towards labels ({name: [N]}). Returns [N x 3 x H x W].
+    generator: a stochastic sampler's noise at each step."""
     model.eval(), classifier.eval()
     return denoise(lambda x_t, t: classifier_guided_eps(model, classifier, x_t, t, labels, scale, noise_schedule),
-                   sampler, x_T, num_inference_steps, progress=progress)
+                   sampler, x_T, num_inference_steps, generator, progress=progress)
 
 
 def classifier_adherence_sweep(model, classifier, scales: Iterable[float], sampler, noise_schedule: Dict,
@@ -128,6 +129,7 @@ def classifier_adherence_sweep(model, classifier, scales: Iterable[float], sampl
     device = next(model.parameters()).device
     _, targets = evaluation_prompts(n_per_prompt)
     labels = {k: torch.tensor([v.index(tg[k]) for tg in targets], device=device) for k, v in ATTRIBUTES.items()}
-    return sweep(lambda s, rows, x_T: sample_with_classifier(model, classifier, {k: v[rows] for k, v in labels.items()},
-                                                             sampler, s, x_T, noise_schedule, num_inference_steps),
+    return sweep(lambda s, rows, x_T, g: sample_with_classifier(
+        model, classifier, {k: v[rows] for k, v in labels.items()}, sampler, s, x_T, noise_schedule,
+        num_inference_steps, generator=g),
                  scales, n_per_prompt, model.resolution, device, seed, progress=progress)

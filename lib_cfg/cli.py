@@ -101,6 +101,7 @@ def cmd_train(args, overrides):
 def cmd_sample(args, overrides):
     _describe(args.checkpoint)
     pipe = load_pipeline(args.checkpoint, args.device)
+    _check_eta(pipe, args)
     prompts = args.prompt or _default_prompts(pipe.config)
     options = dict(negative_prompt=args.negative_prompt, guidance_rescale=args.guidance_rescale,
                    guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None,
@@ -118,6 +119,7 @@ def cmd_evaluate(args, overrides):
     if pipe.config.dataset not in (SYNTHETIC_DATASET, SYNTHETIC_BG_DATASET):
         raise SystemExit(f"error: the adherence judge knows the synthetic shapes only; this checkpoint was trained "
                          f"on {pipe.config.dataset!r}. Use `sample` to look at its images instead.")
+    _check_eta(pipe, args)
     backgrounds = pipe.config.dataset == SYNTHETIC_BG_DATASET
     results = adherence_sweep(pipe.model, pipe.embed, args.scales, pipe.sampler(args.sampler, eta=args.eta),
                               args.n_per_prompt, args.steps or pipe.config.num_inference_steps, args.seed,
@@ -134,6 +136,12 @@ def cmd_evaluate(args, overrides):
               f"{args.n_per_prompt * n_prompts} real images); speckle: pixel noise (images above {SPECKLED} look "
               f"like noise)")
     return 0
+
+
+def _check_eta(pipe, args):
+    if args.eta is not None and (args.sampler or pipe.config.sampler) != "ddim":
+        raise SystemExit(f"error: --eta sets the DDIM sampler's noise, and this run samples with "
+                         f"{(args.sampler or pipe.config.sampler).upper()}; add --sampler ddim")
 
 
 def _sampler_name(pipe, args) -> str:

@@ -102,10 +102,11 @@ def evaluation_prompts(n_per_prompt: int, backgrounds: bool = False):
 def sweep(generate, scales: Iterable[float], n_per_prompt: int, resolution: int, device, seed: int = 0,
           batch_size: int = 256, progress: bool = True, backgrounds: bool = False,
           fidelity=None) -> Dict[str, Dict[str, float]]:
-    """Judge `generate(scale, rows, x_T) -> images` at each scale, for every prompt n_per_prompt times.
+    """Judge `generate(scale, rows, x_T, generator) -> images` at each scale, for every prompt n_per_prompt times.
 
-    rows: a slice into the evaluation prompts; x_T: the starting noise of those rows. The same noise
-    is used at every scale, so scales differ only by guidance. Returns {"<scale>": {"color", "shape", "all",
+    rows: a slice into the evaluation prompts; x_T: the starting noise of those rows; generator: the seeded
+    source of a stochastic sampler's noise at each step. The same noise is used at every scale, so scales
+    differ only by guidance. Returns {"<scale>": {"color", "shape", "all",
     "speckle"}}; with a `lib_cfg.fidelity.Fidelity` also "fid", and in every entry the real images' values
     "fid_real" (the real-vs-real floor for this many images) and "speckle_real".
     """
@@ -114,7 +115,8 @@ def sweep(generate, scales: Iterable[float], n_per_prompt: int, resolution: int,
     real = real_fidelity(fidelity, targets) if fidelity is not None else {}
     results = {}
     for s in tqdm(list(scales), desc="guidance scales", disable=not progress):
-        images = torch.cat([generate(float(s), slice(i, i + batch_size), noise[i:i + batch_size])
+        images = torch.cat([generate(float(s), slice(i, i + batch_size), noise[i:i + batch_size],
+                                     torch.Generator().manual_seed(seed + 1 + i))
                             for i in range(0, len(texts), batch_size)])
         results[format_scale(s)] = {**attribute_accuracy(judge(images, backgrounds), targets),
                                     **fidelity_stats(images, fidelity), **real}
@@ -142,8 +144,8 @@ def adherence_sweep(model, embed, scales: Iterable[float], sampler, n_per_prompt
     device = next(model.parameters()).device
     texts, _ = evaluation_prompts(n_per_prompt, backgrounds)
     cond = embed(texts).to(device)
-    return sweep(lambda s, rows, x_T: sample(model, cond[rows], sampler, s, num_inference_steps, x_T=x_T,
-                                             progress=False, **options),
+    return sweep(lambda s, rows, x_T, g: sample(model, cond[rows], sampler, s, num_inference_steps, x_T=x_T,
+                                                generator=g, progress=False, **options),
                  scales, n_per_prompt, model.resolution, device, seed, batch_size, progress, backgrounds, fidelity)
 
 
@@ -161,7 +163,7 @@ def format_table(results: Dict[str, Dict[str, float]]) -> str:
     def cell(c, v):
         if v is None:
             return " " * (7 if c in quality else 6)
-        return f"{v:7.3f}" if c in quality else f"{100 * v:5.1f}%"
+        return (f"{v:7.4f}" if c == "speckle" else f"{v:7.3f}") if c in quality else f"{100 * v:5.1f}%"
 
     lines = ["guidance s | " + " | ".join(f"{c:>{7 if c in quality else 6}}" for c in cols), "-" * (13 + 9 * len(cols))]
     for s, acc in results.items():

@@ -15,10 +15,10 @@ from .train import TrainingRun, build_training
 ROOT = Path(__file__).resolve().parent.parent  # the repository (lib_cfg is installed editable)
 
 
-# The course trains `quick` for fewer steps than `make run` (1500): adherence at s = 3 first meets the bar
-# (colour >= 95%, shape >= 85%) at about 600 steps, and the course's claims need no more. Its own folder,
+# The course trains `quick` for fewer steps than `make run` (450): adherence at s = 3 first meets the bar
+# (colour >= 95%, shape >= 85%) at about 300 steps, and the course's claims need no more. Its own folder,
 # so `make run` never resumes (or is mistaken for) the shorter run.
-COURSE_STEPS = {"quick": 600}
+COURSE_STEPS = {"quick": 300}
 
 # The first line of a cell that needs the synthetic shapes' known colour and shape (the judge, the attribute
 # classifier). On other data (the lesson's photos, `lesson-smoke`) such a cell prints why it is skipped.

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import time
+from typing import Optional
 
 import numpy as np
 import torch
@@ -28,10 +29,11 @@ class GuidancePanel:
     """
 
     def __init__(self, pipe, prompt: str = "a red triangle on a black background", n_images: int = 4,
-                 guidance_scale: float = 3.0, seed: int = 0, steps: int = 25):
+                 guidance_scale: float = 3.0, seed: int = 0, steps: Optional[int] = None):
         import ipywidgets as w  # the notebooks' extra: the library works without it
 
         self.pipe, self.n_images = pipe, n_images
+        steps = steps or pipe.config.num_inference_steps  # the checkpoint's sampler and step count
         style = {"description_width": "110px"}
         layout = w.Layout(width="420px")
         self.prompt = w.Text(value=prompt, description="prompt", style=style, layout=layout, continuous_update=False)
@@ -39,7 +41,7 @@ class GuidancePanel:
                                    style=style, layout=layout, continuous_update=False)
         self.seed = w.IntSlider(value=seed, min=0, max=99, description="seed", style=style, layout=layout,
                                 continuous_update=False)
-        self.steps = w.IntSlider(value=steps, min=5, max=100, step=5, description="DDIM steps", style=style,
+        self.steps = w.IntSlider(value=steps, min=5, max=100, step=5, description=f"{pipe.config.sampler.upper()} steps", style=style,
                                  layout=layout, continuous_update=False)
         self.image = w.Image(format="png")
         self.status = w.Label()

@@ -144,3 +144,17 @@ def test_lib_cfg_console_script_is_the_same_cli():
     assert theirs.stdout == ours.stdout and "{train,sample,evaluate}" in ours.stdout
     bad = subprocess.run([script, "train", "--text_drop_prob", "2"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "TrainingConfig.text_drop_prob=2.0" in bad.stderr
+
+
+def test_cli_eta_needs_the_ddim_sampler(ci_run, capsys):
+    _, _, ckpt = ci_run
+    common = ["evaluate", "--checkpoint", ckpt, "--scales", "3", "--steps", "5", "--n_per_prompt", "1", "--json"]
+    with pytest.raises(SystemExit, match="--eta sets the DDIM sampler's noise.*--sampler ddim"):
+        main(common + ["--eta", "0.5"])
+    runs = {}
+    for name, options in {"ddim": ["--sampler", "ddim"], "ddim eta 1": ["--sampler", "ddim", "--eta", "1"],
+                          "default": []}.items():
+        assert main(common + options) == 0
+        runs[name] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["3"]
+    # the ci preset samples with DDPM by default; DDIM with eta 1 is the same step with the same noise
+    assert runs["ddim"] != runs["default"] and runs["ddim eta 1"]["speckle"] == pytest.approx(runs["default"]["speckle"], rel=1e-3)
