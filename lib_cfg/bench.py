@@ -229,9 +229,9 @@ def time_to_bar(config, every: int = 50, first: int = 100, n_per_prompt: int = 1
     of the judged images; "fid_real" is the floor for that many real images.
     Time counts from the start of `run_training` (data, encoder, model, steps, the usual bookkeeping),
     without the time spent judging."""
+    fidelity = Fidelity(config, progress=False)  # before the clock starts: its features are trained once
     checks, clock = [], {"start": time.perf_counter(), "judging": 0.0, "first_step": None}
     limit = limit or config.max_steps
-    fidelity = Fidelity(config, progress=False)  # before the clock starts: its features are trained once
 
     class Bar(Callback):
         def due(self, step):
@@ -401,7 +401,7 @@ def sampler_table(checkpoint: str, n_per_prompt: int = 2, seeds=(0, 1)) -> dict:
             per_seed.append({"s_per_image": seconds / len(texts), **attribute_accuracy(judge(images), targets),
                              "fid": fidelity.fid(images), **speckle_stats(images)})
         mean = {k: sum(r[k] for r in per_seed) / len(per_seed) for k in per_seed[0]}
-        rows.append({"sampler": name, "images": len(texts), "seeds": len(seeds),
+        rows.append({"sampler": name, "images": len(texts), "seeds": len(per_seed),
                      **{k: round(v, 4) for k, v in mean.items()},
                      "fid_per_seed": [round(r["fid"], 3) for r in per_seed]})
     base = rows[0]["s_per_image"]

@@ -75,7 +75,8 @@ def to_markdown(results: dict) -> str:
     if isinstance(results.get("samplers"), dict):
         t = results["samplers"]
         rows, real = t["rows"], t["real"]
-        lines += [f"## Samplers (trained quick model, s = 3, {rows[0]['images']} images x {rows[0]['seeds']} seeds)\n",
+        lines += [f"## Samplers (trained quick model, s = 3, {rows[0]['images']} images x {rows[-1]['seeds']} seeds; "
+                  f"DDPM 1000: {rows[0]['seeds']})\n",
                   "| sampler | s/image | speedup | colour | shape | fid (per seed) | speckle | speckled |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {r['sampler']} | {r['s_per_image']} | {r['speedup_vs_ddpm1000']}x | {r['color']:.1%} | "

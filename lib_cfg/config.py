@@ -175,8 +175,9 @@ CI = replace(
 )
 
 # The seed lesson's run: CLIP ViT-L/14 text encoder, AFHQ captions, 32x32, batch 16, 20k steps, CUDA, with the
-# lesson's recipe: AdamW at a constant 5e-4, weight decay 1e-6, fp32, 10% held out, sampling from the raw
-# weights (no EMA). The README's table compares it with the lesson field by field.
+# lesson's recipe (linear betas, uniform t, unweighted MSE: snr_gamma 0): AdamW at a constant 5e-4, weight decay
+# 1e-6, fp32, 10% held out, sampling from the raw weights (no EMA), with DDPM respaced to 50 steps. The README's
+# table compares it with the lesson field by field.
 LESSON = replace(
     QUICK,
     dataset="reese-green/afhq64_captions_64k", caption_column="caption_blip2-opt-2.7b",

@@ -22,8 +22,8 @@ def create_noise_schedule(n_T: int = 1000, device: str = "cpu", beta_start: floa
     """The betas over n_T steps, and what follows from them. Each is [n_T].
 
     "linear" (the lesson's, Ho et al. 2020): betas from beta_start to beta_end. "cosine" (Nichol & Dhariwal
-    2021; diffusers' "squaredcos_cap_v2"): alpha-bar_t = cos^2(((t / n_T) + 0.008) / 1.008 * pi / 2), so the
-    signal fades evenly instead of being gone long before the last step; each beta is capped at 0.999."""
+    2021; diffusers' "squaredcos_cap_v2"): alpha-bar_t proportional to cos^2((((t + 1) / n_T) + 0.008) / 1.008 * pi / 2),
+    so the signal fades evenly instead of being gone long before the last step; each beta is capped at 0.999."""
     if beta_schedule == "linear":
         betas = torch.linspace(beta_start, beta_end, n_T, dtype=torch.float32)
     elif beta_schedule == "cosine":

@@ -17,9 +17,13 @@ a red blob in it as a red circle. Sample quality needs numbers of its own:
 
 A Fréchet distance on a finite sample is biased upwards, more so for fewer images, so it is only read
 against `floor(n)`: the distance of n other real images, drawn as the prompts are, from the same
-reference. Measured on `quick` (notebook 04 prints it): with 216 images the floor is about 0.2 and
-differs by about 0.05 between draws, while a sampler that speckles a quarter of its images scores 1 or
-more: 200 or more images tell such samplers apart; differences of a few tenths need 400.
+reference (on `quick`: about 0.9 for 108 images, 0.26 for 216). Between two draws of the starting noise
+the distance of 108 samples moves by 1 to 3 (`benchmarks/results.json`, "samplers", `fid_per_seed`), so
+108 images tell apart differences of a few units (guidance s = 1 against s = 3 on `quick`: about 6 against
+18); finer comparisons need more images or more seeds.
+
+The features read what an image shows, not its pixel noise: DDIM without noise draws 75% of its images
+speckled on `quick` and still scores as DDPM 1000 does. That is what `speckle` is for; read both.
 """
 from __future__ import annotations
 
@@ -101,8 +105,9 @@ def train_feature_net(ds, resolution: int, steps: int = 1500, batch_size: int = 
     from .evaluation import layout  # the judge's own notion of where the object is
 
     backgrounds = bool((ds.backgrounds >= 0).all())
-    torch.manual_seed(seed)
-    net = FeatureNet(resolution, _attributes(backgrounds))
+    with torch.random.fork_rng():  # the same weights for a seed, without touching the caller's random state
+        torch.manual_seed(seed)
+        net = FeatureNet(resolution, _attributes(backgrounds))
     images = ds.images.float() / 127.5 - 1
     labels = _labels(ds)
     where = torch.cat([layout(images[i:i + 4096], backgrounds) for i in range(0, len(images), 4096)]) / resolution

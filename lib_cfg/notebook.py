@@ -16,9 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent  # the repository (lib_cfg is inst
 
 
 # The course trains `quick` for fewer steps than `make run` (450): adherence at s = 3 first meets the bar
-# (colour >= 95%, shape >= 85%) at about 300 steps, and the course's claims need no more. Its own folder,
+# (colour >= 95%, shape >= 85%) at about 300 steps; 400 meet it with a margin (at 300, with the learning rate
+# decayed by then, shape came out at 77%). Its own folder,
 # so `make run` never resumes (or is mistaken for) the shorter run.
-COURSE_STEPS = {"quick": 300}
+COURSE_STEPS = {"quick": 400}
 
 # The first line of a cell that needs the synthetic shapes' known colour and shape (the judge, the attribute
 # classifier). On other data (the lesson's photos, `lesson-smoke`) such a cell prints why it is skipped.

@@ -177,9 +177,9 @@ scales = [0, 1, 3, 10, 30]
 x_T = randn((4, 3, config.resolution, config.resolution), torch.Generator().manual_seed(1), pipe.device)
 labels = {"color": torch.zeros(4, dtype=torch.long, device=pipe.device),   # red
           "shape": torch.full((4,), 2, dtype=torch.long, device=pipe.device)}  # triangle
-STEPS = 10  # DDIM steps, to keep the sweep short (notebook 04 compares 10 steps with 50)
-rows = [sample_with_classifier(model, classifier, labels, pipe.sampler("ddim"), s, x_T, pipe.noise_schedule, STEPS)
-        for s in scales]
+STEPS = pipe.config.num_inference_steps  # the config's sampler and step count (notebook 04 says why)
+rows = [sample_with_classifier(model, classifier, labels, pipe.sampler(), s, x_T, pipe.noise_schedule, STEPS,
+                               generator=torch.Generator().manual_seed(2)) for s in scales]
 image_grid_figure(torch.stack(rows, 1).flatten(0, 1), ncols=len(scales),
                   col_labels=[f"classifier s = {s}" for s in scales], suptitle="target: a red triangle");
 
@@ -196,7 +196,7 @@ from lib_cfg.evaluation import format_table
 
 SWEEP = [0, 1, 3, 10, 30]
 N_PER_PROMPT = 2 if PRESET == "ci" else 3
-cg = classifier_adherence_sweep(model, classifier, SWEEP, pipe.sampler("ddim"), pipe.noise_schedule,
+cg = classifier_adherence_sweep(model, classifier, SWEEP, pipe.sampler(), pipe.noise_schedule,
                                 n_per_prompt=N_PER_PROMPT, num_inference_steps=STEPS)
 print(format_table(cg))
 
@@ -262,7 +262,7 @@ for attr in ("color", "shape", "all"):
 #    A negative scale pushes the sampler away from the label.
 # 4. **Where guidance acts.** Write your own noise predictor that guides only at low noise,
 #    `eps_fn = lambda x_t, t: classifier_guided_eps(model, classifier, x_t, t, labels, 10 if t[0] <= 600 else 0,
-#    pipe.noise_schedule)`, and sample with `lib_cfg.diffusion.denoise(eps_fn, pipe.sampler("ddim"), x_T, STEPS)`.
+#    pipe.noise_schedule)`, and sample with `lib_cfg.diffusion.denoise(eps_fn, pipe.sampler(), x_T, STEPS)`.
 #    *Check:* judge the images (`lib_cfg.evaluation.judge`) against guiding at every step: does shape
 #    adherence change much? (The accuracy plot says what the classifier can see at those $t$.)
 #

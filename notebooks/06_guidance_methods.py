@@ -150,11 +150,12 @@ print(f"the guide: step {load_trainer_state(guide.checkpoint_dir)['step']} of th
 # runs without zero-init (exercise 2 measures it).
 
 # %%
-from lib_cfg.evaluation import tradeoff
+from lib_cfg.evaluation import evaluation_prompts, tradeoff
+from lib_cfg.fidelity import Fidelity
 
 SCALES = [1, 3, 7.5] if PRESET == "ci" else [1, 2, 3, 5, 7.5]  # CI checks the code on fewer points
 N_PER_PROMPT = 2 if PRESET == "ci" else 3
-STEPS = 10  # DDIM steps, to keep the sweeps short (notebook 04 compares 10 steps with 50)
+STEPS = None  # the config's sampler and step count (notebook 04 measures the choice)
 APG = dict(eta=0.0, momentum=-0.5, norm_threshold=15.0)
 METHODS = {"cfg": None, "apg (projection only)": Guidance("apg"), "apg (+ momentum, cap)": Guidance("apg", **APG),
            "cfg-zero-star": Guidance("cfg-zero-star"), "autoguidance": Guidance("autoguidance", guide_model=guide_model)}
@@ -163,29 +164,39 @@ METHODS = {"cfg": None, "apg (projection only)": Guidance("apg"), "apg (+ moment
 # %%time
 # synthetic data only: the judge checks colour and shape
 # NBVAL_IGNORE_OUTPUT
-results = {name: tradeoff(pipe, SCALES, N_PER_PROMPT, STEPS, guidance=guidance) for name, guidance in METHODS.items()}
+fidelity = Fidelity(config)  # the Fréchet distance to real images of notebook 04
+results = {name: tradeoff(pipe, SCALES, N_PER_PROMPT, STEPS, guidance=guidance, fidelity=fidelity)
+           for name, guidance in METHODS.items()}
 
 # %%
 # synthetic data only: the judge checks colour and shape
 print("method                 |" + "".join(f"    s = {s:<5g}   |" for s in SCALES))
-print("                       |" + "  all    variety |" * len(SCALES))
+print("                       |" + "  all   variety    fid |" * len(SCALES))
 for name, r in results.items():
-    print(f"{name:22s} |" + "".join(f" {r[f'{s:g}']['all']:6.1%} {r[f'{s:g}']['variety']:5.2f}px |" for s in SCALES))
+    print(f"{name:22s} |" + "".join(f" {r[f'{s:g}']['all']:6.1%} {r[f'{s:g}']['variety']:5.2f}px {r[f'{s:g}']['fid']:6.2f} |"
+                                    for s in SCALES))
+_, targets = evaluation_prompts(N_PER_PROMPT)
+print(f"real images, as many: fid {fidelity.floor(targets):.2f} (the floor)")
 
 # %%
 # synthetic data only: the judge checks colour and shape
-fig, ax = plt.subplots(figsize=(6.5, 4))
+fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
 for name, r in results.items():
-    xs, ys = [r[f"{s:g}"]["variety"] for s in SCALES], [r[f"{s:g}"]["all"] for s in SCALES]
-    ax.plot(xs, ys, "o-", label=name, alpha=0.85)
-    for s, x, y in zip(SCALES, xs, ys):
-        if s in (1, 3, 7.5):
-            ax.annotate(f"{s:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-ax.set_xlabel("variety within a prompt (px; more is better)"), ax.set_ylabel("adherence: colour and shape right")
-ax.set_title("each method over its scale (labels: s)", fontsize=9), ax.grid(alpha=.3), ax.legend(fontsize=7);
+    ys = [r[f"{s:g}"]["all"] for s in SCALES]
+    for ax, key in zip(axes, ("variety", "fid")):
+        xs = [r[f"{s:g}"][key] for s in SCALES]
+        ax.plot(xs, ys, "o-", label=name, alpha=0.85)
+        for s, x, y in zip(SCALES, xs, ys):
+            if s in (1, 3, 7.5):
+                ax.annotate(f"{s:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+axes[0].set_xlabel("variety within a prompt (px; more is better)"), axes[0].set_ylabel("adherence: colour and shape right")
+axes[1].set_xlabel("Fréchet distance to real images (log; less is better)"), axes[1].set_xscale("log")
+for ax in axes:
+    ax.grid(alpha=.3)
+axes[0].set_title("each method over its scale (labels: s)", fontsize=9), axes[1].legend(fontsize=7);
 
 # %% [markdown]
-# Up and to the right is better. At $s = 1$ all five points coincide: every mix is the conditional
+# Up and to the right is better on the left, up and to the left on the right. At $s = 1$ all five points coincide: every mix is the conditional
 # prediction there, so the images are the same (checked below, in CI too).
 
 # %%
@@ -226,23 +237,34 @@ for name, r in results.items():
     print(f"{name:22s} | {'never' if a is None else f'{a:.1%}':>29} | {'never' if v is None else f'{v:.2f} px':>29}")
 
 # %% [markdown]
-# What the stored run (`quick`, 600 steps) shows. Each point judges 54 images (18 prompts, three
+# What the stored run (`quick`, 400 steps) shows. Each point judges 54 images (18 prompts, three
 # samples each), so one image is 1.9 points of adherence and a difference of a few points is within the
 # judge's counting noise. Read the frontier for its shape:
 #
-# - **By the rule above CFG-Zero* dominates CFG**, by three images in 54: 83.3% against 77.8% at
-#   $s = 3$, at 0.97 against 0.95 px; at $s = 7.5$ the two are level (96.3%). Where the two predictions
-#   nearly agree, $\alpha^*$ is close to 1 and the mix is nearly CFG's.
-# - **APG (projection only)** has no scale that matches CFG's $s = 3$ on both readings (68.5% and
-#   0.91 px in the table): its $s = 3$ point is more adherent than CFG's (81.5%) but a little less
-#   varied (0.91 px), and at $s = 7.5$ it is plainly below CFG (92.6% at 0.50 px against 96.3% at
-#   0.67 px). Momentum and the cap move its points back along the curve, like a smaller $s$.
-# - **Autoguidance** with the quarter-way guide matches CFG's adherence up to $s = 3$ (68.5% and
-#   77.8%, with a little less variety), then falls (66.7% at $s = 5$, 64.8% at $s = 7.5$) while it keeps
-#   more variety than CFG (0.88 against 0.67 px at $s = 7.5$). A weak model given the *same* caption
-#   already gets much of the prompt right, so guiding away from it sharpens what the model draws more
-#   than it enforces the prompt. (Karras et al. use it for image quality and combine it with CFG for
-#   prompt alignment: exercise 4.)
+# - **By the rule above no method dominates CFG**: at $s = 3$ CFG already gets all 54 images right
+#   (100.0% at 0.76 px), so no method can beat it on the first reading, and none keeps more variety at
+#   100% on the second.
+# - **CFG-Zero* is CFG within two images**: level at $s = 2$, 3 and 5 (92.6%, 100.0%, 96.3%; 0.75
+#   against 0.76 px at $s = 3$), two images ahead at $s = 7.5$ (100.0% against 96.3%, both 0.52 px).
+#   Where the two predictions nearly agree, $\alpha^*$ is close to 1 and the mix is nearly CFG's.
+# - **APG (projection only)** has no scale that matches CFG's $s = 3$ on both readings (94.4% and
+#   0.59 px in the table): its $s = 3$ point is one image less adherent than CFG's (98.1%) at the same
+#   printed variety (0.76 px, a hair below CFG's: the first reading falls back to its $s = 2$ point),
+#   and at $s = 5$ and 7.5 it gets every image right where CFG misses two (100.0% against 96.3%), but
+#   with less variety (0.47 against 0.52 px at $s = 7.5$). Momentum and the cap move its points back
+#   along the curve, like a smaller $s$ (96.3% at 0.83 px at $s = 3$, between the projection's $s = 2$
+#   and $s = 3$).
+# - **Autoguidance** with the quarter-way guide comes close to CFG's adherence only at $s = 2$ (90.7%
+#   against 92.6%, one image, with more variety: 0.97 against 0.89 px), then falls (81.5% at $s = 3$,
+#   59.3% at $s = 5$, 57.4% at $s = 7.5$, below the unguided 77.8%) while its variety stays near the
+#   unguided model's (0.98 against CFG's 0.52 px at $s = 7.5$). A weak model given the *same* caption
+#   already gets much of the prompt right, so guiding away from it does not enforce the prompt, and
+#   with this guide it does not bring the images closer to the data either (next point). (Karras et
+#   al. use it for image quality and combine it with CFG for prompt alignment: exercise 4.)
+# - **The `fid` column** (lower is closer to the data; as many real images score 1.27): every method
+#   but autoguidance is closest to the data at $s = 2$ (CFG 6.90, against 10.39 unguided) and moves
+#   away as $s$ grows. APG with momentum and the cap stays closest at every $s > 1$ (29.45 at
+#   $s = 7.5$, against CFG-Zero*'s 31.94 and CFG's 32.60), and autoguidance moves furthest (82.15).
 #
 # ## Saturation and clipping at high scale
 #
@@ -258,11 +280,11 @@ for name, r in results.items():
     print(f"{name:22s} {r[s_max]['clipped']:7.3f}   {r[s_max]['saturation']:10.3f}")
 
 # %% [markdown]
-# In the stored run APG clips least (0.049 with the projection alone, 0.032 with momentum and the cap,
-# against CFG's 0.130). It keeps about the unguided model's saturation ($s = 1$: 0.728; APG 0.730)
-# instead of pushing it up as CFG does (0.824), so its colours stay further below the real images'
-# 0.854. CFG-Zero* clips less than CFG (0.093) at the same saturation. Autoguidance clips 0.068 with
-# the real images' saturation (0.851), but at 64.8% adherence.
+# In the stored run APG clips least (0.015 with the projection alone, 0.011 with momentum and the cap,
+# against CFG's 0.043). It lowers saturation below the unguided model's ($s = 1$: 0.831; APG 0.789
+# and 0.811) where CFG keeps it (0.833), so its colours stay further below the real images'
+# 0.854. CFG-Zero* clips less than CFG (0.026) at about the same saturation (0.831). Autoguidance
+# clips most (0.116), at saturation 0.824 and 57.4% adherence.
 #
 # ## Sample grids from the same noise
 #
@@ -309,10 +331,11 @@ for name, r in bg.items():
 assert all(r["1"] == bg["cfg"]["1"] for r in bg.values())  # s = 1: the same images for every method
 
 # %% [markdown]
-# In the stored run binding rises with $s$ for CFG, APG and CFG-Zero* alike (70.0%, 71.7% and 68.3% at
-# $s = 3$; 93.3%, 90.0% and 93.3% at $s = 7.5$). Autoguidance, guided by the cross-attention run at a
-# quarter of its steps, binds best at $s = 3$ (75.0%) but with less variety (0.68 against 0.99 px), and
-# falls to 58.3% at $s = 7.5$ with the least variety (0.37 px). One reading: the direction
+# In the stored run binding rises with $s$ for CFG and CFG-Zero* alike (95.0% for both at $s = 3$;
+# 96.7% at $s = 7.5$); APG's rises to 93.3% at $s = 3$ and falls back to 83.3% at $s = 7.5$.
+# Autoguidance, guided by the cross-attention run at a quarter of its steps, binds least at $s = 3$
+# (85.0%), with less variety (0.61 against CFG's 0.77 px), and falls to 76.7% at $s = 7.5$ with the
+# least variety (0.42 px). One reading: the direction
 # from "no caption" to "red on blue" includes which colour goes where, while the direction from a weak
 # model that was also given "red on blue" need not.
 #
@@ -323,11 +346,13 @@ assert all(r["1"] == bg["cfg"]["1"] for r in bg.values())  # s = 1: the same ima
 #   (autoguidance). Each equals diffusers' guider on the same inputs.
 # - At $s = 1$ they are all the conditional model; they differ in how they trade variety for
 #   adherence as $s$ grows.
-# - On these shapes no method clearly beats CFG's frontier. CFG-Zero* is CFG within a few images. APG
-#   removes most of the clipping at large $s$ by not raising saturation. Autoguidance, with the main
-#   model's own quarter-way state as the guide (no extra training), follows CFG up to $s = 3$ and keeps
-#   more variety beyond, but its adherence falls at large $s$; on coloured backgrounds it binds well at
-#   $s = 3$ with less variety, and worse at large $s$.
+# - On these shapes no method beats CFG's frontier: at $s = 3$ CFG already gets every image right.
+#   CFG-Zero* is CFG within a few images. APG removes most of the clipping at large $s$, at some cost
+#   in saturation, and with momentum and the cap stays closest to the data. Autoguidance, with the main
+#   model's own quarter-way state as the guide (no extra training), follows CFG only to $s = 2$ and keeps
+#   more variety beyond, but its adherence falls at large $s$ and its images move furthest from the
+#   data; on coloured backgrounds it binds worse than CFG at $s = 3$, with less variety, and worse
+#   still at large $s$.
 #
 # ## Exercises
 #
@@ -336,7 +361,7 @@ assert all(r["1"] == bg["cfg"]["1"] for r in bg.values())  # s = 1: the same ima
 #    about 1e-4: it is the same formula, rounded differently): does it? Which
 #    `eta` keeps saturation closest to the real images' 0.85?
 # 2. **Zero-init.** Run `tradeoff(pipe, SCALES, N_PER_PROMPT, STEPS, guidance=Guidance("cfg-zero-star",
-#    zero_init_steps=k))` for k = 1, 2, 3 (of the 10 steps), separately from the sweep above (zero-init acts
+#    zero_init_steps=k))` for k = 1, 2, 3 (of the 25 steps), separately from the sweep above (zero-init acts
 #    at $s = 1$ too, so the $s = 1$ check no longer holds for it). *Check:* print `r["3"]["variety"]` and
 #    `r["3"]["all"]` for each k: does skipping the first steps raise variety, and at what cost in adherence?
 # 3. **How bad should the guide be?** Train guides for 1/8 and 1/2 of the steps, and one of half the
@@ -345,15 +370,15 @@ assert all(r["1"] == bg["cfg"]["1"] for r in bg.values())  # s = 1: the same ima
 #    autoguidance frontier for each next to CFG's: which guide gives the best adherence at CFG's
 #    variety?
 # 4. **Autoguidance and CFG together.** Karras et al. combine the two. Write an `eps_fn` for `denoise`
-#    (`denoise(eps_fn, pipe.sampler("ddim"), x_T, STEPS)` with `eps_fn(x_t, t)`, and
+#    (`denoise(eps_fn, pipe.sampler(), x_T, pipe.config.num_inference_steps)` with `eps_fn(x_t, t)`, and
 #    `guide_model` for $\epsilon_{bad}$) that takes $\epsilon_{bad} + s_a(\epsilon_c - \epsilon_{bad})$
 #    and then adds $(s_c - 1)(\epsilon_c - \epsilon_u)$. *Check:* with $s_a = 1$ it must match CFG at $s_c$
 #    (`torch.allclose`, atol 1e-4);
 #    then sweep $s_a \in \{1, 2\}$ at $s_c = 3$ and compare adherence and variety with CFG's row.
 # 5. **From the command line.** Run `python -m lib_cfg evaluate --checkpoint checkpoints/quick-course
 #    --guidance apg --apg_momentum -0.5 --apg_norm_threshold 15 --scales 1 3 7.5 --json`. *Check:* compare
-#    its `all` with the "apg (+ momentum, cap)" row above. The CLI judges 6 samples per prompt after 50
-#    steps, so expect a few points of difference; is the ordering against `--guidance cfg` the same?
+#    its `all` with the "apg (+ momentum, cap)" row above. The CLI judges 6 samples per prompt (the sweep
+#    above, 3), so expect a few points of difference; is the ordering against `--guidance cfg` the same?
 #
 # **Next:** the README lists where to go from here: the lesson's own run (`--preset lesson` on a GPU),
 # the benchmarks, and the papers cited in these notebooks.
