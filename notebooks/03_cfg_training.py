@@ -286,7 +286,7 @@ print(f"mean loss, first {k} steps: {early:.4f}; last {k} steps: {late:.4f}; "
 assert late < early / (5 if len(loss) >= 200 else 1.2)  # a 40-step `lesson-smoke` run has only begun
 
 # %% [markdown]
-# In the stored run the loss falls about 40-fold from the first 50 steps to the last 50 (the printed
+# In the stored run the loss falls about 60-fold from the first 50 steps to the last 50 (the printed
 # means; CI checks at least five-fold on its short run), most of it in the first steps (the y-axis is
 # logarithmic). Validation uses fixed $t$ and noise, so
 # its points compare across steps. The loss is an average over all $t$ and over captioned and null
