@@ -27,9 +27,9 @@ from .bench_report import machine, read_results, write_results
 from .bookkeeping import Callback, sampling_model
 from .config import get_preset, resolve_device, use_bf16
 from .data import all_captions, image_cache_path, load_data
-from .diffusion import cfg_eps, guided_eps, make_sampler, noise_schedule_for
-from .evaluation import adherence_sweep, attribute_accuracy, evaluation_prompts, judge
-from .fidelity import Fidelity, speckle, speckle_stats
+from .diffusion import cfg_eps, guided_eps, noise_schedule_for, sampler_for
+from .evaluation import adherence_sweep, attribute_accuracy, evaluation_prompts, judge, real_fidelity
+from .fidelity import Fidelity, speckle_stats
 from .model import UNetModel, count_parameters, create_unet_model
 from .sampling import load_pipeline
 from .stand_ins import AFHQ_LIKE, CLIP_TEXT_768
@@ -252,8 +252,7 @@ def time_to_bar(config, every: int = 50, first: int = 100, n_per_prompt: int = 1
             if not hasattr(self, "embed"):
                 self.embed = EmbeddingCache.for_config(config, device)
                 self.schedule = noise_schedule_for(config, device)
-            sampler = make_sampler(config.sampler, self.schedule, config.clip_sample_range, config.eta)
-            acc = adherence_sweep(model, self.embed, [3.0], sampler, n_per_prompt, config.num_inference_steps,
+            acc = adherence_sweep(model, self.embed, [3.0], sampler_for(config, self.schedule), n_per_prompt, config.num_inference_steps,
                                   progress=False, fidelity=fidelity)["3"]
             checks.append({"step": ctx["step"], "train_s": round(t0 - clock["start"] - clock["judging"], 1),
                            **{k: round(v, 4 if "speckle" in k else 3) for k, v in acc.items()}})
@@ -301,9 +300,8 @@ STACKS = {
 
 
 def recipe_stacks(config) -> dict:
-    """`time_to_bar` for each of STACKS on BEFORE's recipe with max_steps 500."""
-    return {name: {"overrides": o, **time_to_bar(replace(config, **{**BEFORE, "max_steps": 500, **o}), limit=500)}
-            for name, o in STACKS.items()}
+    """`recipe_levers` for STACKS, with max_steps 500."""
+    return recipe_levers(config, {name: {"max_steps": 500, **o} for name, o in STACKS.items()}, limit=500)
 
 
 def bar_before_after(config) -> dict:
@@ -432,8 +430,8 @@ def sampler_table(checkpoint: str, n_per_prompt: int = 2, seeds=(0, 1)) -> dict:
     base = rows[0]["s_per_image"]
     for row in rows:
         row["speedup_vs_ddpm1000"] = round(base / row["s_per_image"], 1)
-    real = fidelity.real_images(targets)
-    return {"rows": rows, "real": {"fid": round(fidelity.fid(real), 4), "speckle": round(float(speckle(real).mean()), 4)},
+    real = real_fidelity(fidelity, targets)
+    return {"rows": rows, "real": {"fid": round(real["fid_real"], 4), "speckle": round(real["speckle_real"], 4)},
             "guidance_scale": 3.0}
 
 

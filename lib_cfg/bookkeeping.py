@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint
-from .diffusion import add_noise, make_sampler, sample
+from .diffusion import add_noise, sample, sampler_for
 from .plotting import save_image_grid
 
 
@@ -181,7 +181,7 @@ class SampleGridCallback(Callback):
 
     def __init__(self, every: int, out_dir: str, prompts: List[str], embed, noise_schedule, config):
         self.every, self.out_dir, self.prompts, self.embed = every, out_dir, prompts, embed
-        self.sampler = make_sampler(config.sampler, noise_schedule, config.clip_sample_range, config.eta)
+        self.sampler = sampler_for(config, noise_schedule)
         self.config = config
         self.last_path = None
 

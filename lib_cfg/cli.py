@@ -139,9 +139,10 @@ def cmd_evaluate(args, overrides):
 
 
 def _check_eta(pipe, args):
-    if args.eta is not None and (args.sampler or pipe.config.sampler) != "ddim":
-        raise SystemExit(f"error: --eta sets the DDIM sampler's noise, and this run samples with "
-                         f"{(args.sampler or pipe.config.sampler).upper()}; add --sampler ddim")
+    kind = args.sampler or pipe.config.sampler
+    if args.eta is not None and kind != "ddim":
+        raise SystemExit(f"error: --eta sets the DDIM sampler's noise, and this run samples with {kind.upper()}; "
+                         f"add --sampler ddim")
 
 
 def _sampler_name(pipe, args) -> str:

@@ -171,13 +171,17 @@ class DDIMSampler(DDPMSampler):
 SAMPLERS = ("ddpm", "ddim")
 
 
-def make_sampler(kind: str, noise_schedule: Dict, clip_sample_range: float = 1.0, eta: float = 0.0,
-                 dynamic_thresholding_ratio: Optional[float] = None) -> DDPMSampler:
-    """"ddpm" (ancestral; respaced when it takes fewer than T steps) or "ddim" (with `eta`)."""
+def sampler_for(config, noise_schedule: Dict, kind: Optional[str] = None, eta: Optional[float] = None,
+                dynamic_thresholding_ratio: Optional[float] = None) -> DDPMSampler:
+    """The sampler a TrainingConfig describes (sampler, eta, clip_sample_range), or `kind` / `eta` in its place:
+    "ddpm" (ancestral; respaced when it takes fewer than T steps) or "ddim" (with `eta`). The one way the
+    sample grids, the pipeline and the benchmarks build it."""
+    kind = kind or config.sampler
     if kind == "ddpm":
-        return DDPMSampler(noise_schedule, clip_sample_range, dynamic_thresholding_ratio)
+        return DDPMSampler(noise_schedule, config.clip_sample_range, dynamic_thresholding_ratio)
     if kind == "ddim":
-        return DDIMSampler(noise_schedule, clip_sample_range, dynamic_thresholding_ratio, eta=eta)
+        return DDIMSampler(noise_schedule, config.clip_sample_range, dynamic_thresholding_ratio,
+                           eta=config.eta if eta is None else eta)
     raise ValueError(f"unknown sampler {kind!r}; choose one of {SAMPLERS}")
 
 

@@ -8,7 +8,7 @@ import torch
 
 from .checkpoint import load_model
 from .config import TrainingConfig
-from .diffusion import DDPMSampler, make_sampler, noise_schedule_for, randn, sample
+from .diffusion import DDPMSampler, noise_schedule_for, randn, sample, sampler_for
 from .guidance import Guidance
 from .text_encoder import EmbeddingCache
 
@@ -24,8 +24,7 @@ class Pipeline:
     def sampler(self, kind: Optional[str] = None, dynamic_thresholding_ratio: Optional[float] = None,
                 eta: Optional[float] = None) -> DDPMSampler:
         """The sampler `kind` ("ddpm" or "ddim"; default: the config's) on this model's noise schedule."""
-        return make_sampler(kind or self.config.sampler, self.noise_schedule, self.config.clip_sample_range,
-                            self.config.eta if eta is None else eta, dynamic_thresholding_ratio)
+        return sampler_for(self.config, self.noise_schedule, kind, eta, dynamic_thresholding_ratio)
 
     @property
     def device(self):
@@ -51,8 +50,9 @@ class Pipeline:
                                            len(prompts), uncond_mask=null)
         negative = None if negative_prompt is None else self.embed([negative_prompt] * len(prompts), self.device)
         return sample(self.model, cond, self.sampler(sampler, dynamic_thresholding_ratio, eta), guidance_scale,
-                      num_inference_steps or self.config.num_inference_steps, x_T=x_T, generator=g, progress=progress, negative_embeddings=negative,
-                      guidance_rescale=guidance_rescale, guidance_interval=guidance_interval, guidance=guidance)
+                      num_inference_steps or self.config.num_inference_steps, x_T=x_T, generator=g,
+                      progress=progress, negative_embeddings=negative, guidance_rescale=guidance_rescale,
+                      guidance_interval=guidance_interval, guidance=guidance)
 
 
 def load_pipeline(checkpoint: str, device: Optional[str] = None, ema: bool = True) -> Pipeline:
