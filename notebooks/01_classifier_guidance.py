@@ -56,16 +56,17 @@
 import os
 
 # Which preset to run: `quick` (offline, CPU, minutes), `ci` (the short one CI runs), `lesson` (CLIP + AFHQ, CUDA),
-# `lesson-smoke` (the lesson's path at toy size, offline: cells marked "synthetic data only" are skipped).
+# `lesson-smoke` (the lesson's path at toy size, offline: the cells that judge colour and shape say they are skipped).
 PRESET = os.environ.get("LIB_CFG_PRESET", "quick")
 
 # %%
 import matplotlib.pyplot as plt
 import torch
 
-from lib_cfg.notebook import ensure_trained, setup, show
+from lib_cfg.notebook import ROOT, ensure_trained, has_attributes, setup, show
 from lib_cfg.sampling import load_pipeline
 
+os.chdir(ROOT)  # run from the repository root: data/ and checkpoints/ are the command line's too
 config = setup(PRESET)
 _ = torch.manual_seed(0)
 
@@ -108,44 +109,44 @@ from lib_cfg.classifier import NoisyClassifier, classifier_accuracy_by_t, train_
 show(NoisyClassifier.forward)
 
 # %%
-# synthetic data only: the classifier learns colour and shape
-from lib_cfg.data import load_data
+if has_attributes(config):  # the classifier learns colour and shape
+    from lib_cfg.data import load_data
 
-train_ds, val_ds = load_data(config)
-torch.manual_seed(0)  # the classifier's initial weights: the same whether or not this kernel just trained the UNet
-classifier = NoisyClassifier().to(pipe.device)
-CLASSIFIER_STEPS = 300
-print(f"training the classifier: {CLASSIFIER_STEPS} steps of 64 noisy images")
-losses = train_classifier(classifier, train_ds, pipe.noise_schedule, steps=CLASSIFIER_STEPS)
+    train_ds, val_ds = load_data(config)
+    torch.manual_seed(0)  # the classifier's initial weights: the same whether or not this kernel just trained the UNet
+    classifier = NoisyClassifier().to(pipe.device)
+    CLASSIFIER_STEPS = 300
+    print(f"training the classifier: {CLASSIFIER_STEPS} steps of 64 noisy images")
+    losses = train_classifier(classifier, train_ds, pipe.noise_schedule, steps=CLASSIFIER_STEPS)
 
 # %% [markdown]
 # How much can it read at each noise level? The dashed lines are chance (1 in 6 colours, 1 in 3
 # shapes): at the noisiest $t$ both attributes fall to chance, so compare each curve with its own line.
 
 # %%
-# synthetic data only: the classifier learns colour and shape
-from lib_cfg.evaluation import chance_accuracy
+if has_attributes(config):  # the classifier learns colour and shape
+    from lib_cfg.evaluation import chance_accuracy
 
-ts = [0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999]
-acc_t = classifier_accuracy_by_t(classifier, val_ds, pipe.noise_schedule, ts)
-chance = chance_accuracy()
-fig, ax = plt.subplots(figsize=(6, 3))
-for attr, color in (("color", "C0"), ("shape", "C1")):
-    ax.plot(ts, [acc_t[t][attr] for t in ts], "o-", color=color, label=attr)
-    ax.axhline(chance[attr], ls="--", color=color, lw=1, label=f"{attr}: chance")
-ax.set_xlabel("timestep t (more noise ->)"), ax.set_ylabel("classifier accuracy"), ax.legend(fontsize=7)
-ax.grid(alpha=.3);
+    ts = [0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999]
+    acc_t = classifier_accuracy_by_t(classifier, val_ds, pipe.noise_schedule, ts)
+    chance = chance_accuracy()
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for attr, color in (("color", "C0"), ("shape", "C1")):
+        ax.plot(ts, [acc_t[t][attr] for t in ts], "o-", color=color, label=attr)
+        ax.axhline(chance[attr], ls="--", color=color, lw=1, label=f"{attr}: chance")
+    ax.set_xlabel("timestep t (more noise ->)"), ax.set_ylabel("classifier accuracy"), ax.legend(fontsize=7)
+    ax.grid(alpha=.3);
 
 # %%
-# synthetic data only: the classifier learns colour and shape
-def readable_until(attr, margin=0.25):
-    """The largest t at which the classifier is still `margin` above chance on `attr`."""
-    return max((t for t in ts if acc_t[t][attr] > chance[attr] + margin), default=-1)
+if has_attributes(config):  # the classifier learns colour and shape
+    def readable_until(attr, margin=0.25):
+        """The largest t at which the classifier is still `margin` above chance on `attr`."""
+        return max((t for t in ts if acc_t[t][attr] > chance[attr] + margin), default=-1)
 
-for attr in ("color", "shape"):
-    print(f"{attr}: accuracy at t=0 {acc_t[0][attr]:.0%}, at t=999 {acc_t[999][attr]:.0%} (chance {chance[attr]:.0%}); "
-          f"more than 25 points above chance up to t = {readable_until(attr)}")
-assert readable_until("color") >= readable_until("shape")
+    for attr in ("color", "shape"):
+        print(f"{attr}: accuracy at t=0 {acc_t[0][attr]:.0%}, at t=999 {acc_t[999][attr]:.0%} (chance {chance[attr]:.0%}); "
+              f"more than 25 points above chance up to t = {readable_until(attr)}")
+    assert readable_until("color") >= readable_until("shape")
 
 # %% [markdown]
 # Colour stays readable to at least as high a noise level as shape (the printed $t$ values): a colour
@@ -159,29 +160,61 @@ assert readable_until("color") >= readable_until("shape")
 # $$\hat\epsilon = \epsilon_\theta(x_t, t) - s\,\sqrt{1-\bar\alpha_t}\;\nabla_{x_t} \log p_\phi(y \mid x_t)$$
 #
 # which is the noise prediction of $p(x)\,p_\phi(y \mid x)^s$ ($\phi$: the classifier's own weights). Any sampler (DDPM, DDIM) then uses $\hat\epsilon$ in
-# place of $\epsilon$. Here it is in the library, `classifier_guided_eps`:
+# place of $\epsilon$. Write it in a cell of your own: the unconditional prediction, the gradient of the
+# classifier's log-probability with respect to the noisy image (autograd does it), and the line above.
+# Edit it and re-run the check below.
 
 # %%
+def my_classifier_guided_eps(model, classifier, x_t, t, labels, s, noise_schedule):
+    """x_t: [N x 3 x H x W], t: [N], labels: {"color": [N], "shape": [N]}. Returns eps-hat [N x 3 x H x W]."""
+    with torch.no_grad():
+        eps = model(x_t, t, None)  # the unconditional model: the null embedding
+    x = x_t.detach().requires_grad_(True)
+    grad = torch.autograd.grad(classifier.log_prob(x, t, labels).sum(), x)[0]  # grad_x log p(y | x_t), per image
+    sigma = noise_schedule["sqrt_one_minus_alphas_cumprod"][t].view(-1, 1, 1, 1)  # sqrt(1 - alpha-bar_t)
+    return eps - s * sigma * grad
+
+
+# %% [markdown]
+# The check compares it with the library's `classifier_guided_eps` (used by the sampling below; it also
+# skips the gradient at $s = 0$). Any classifier will do for that, so it uses an untrained one of the same
+# kind: its gradient is no use for guiding, but it is a gradient.
+
+# %%
+# NBVAL_CHECK_OUTPUT
 from lib_cfg.classifier import classifier_guided_eps, sample_with_classifier
 
-show(classifier_guided_eps)
+with torch.random.fork_rng():
+    torch.manual_seed(3)
+    untrained = NoisyClassifier().to(pipe.device)
+    x_t = torch.randn(4, 3, config.resolution, config.resolution, device=pipe.device)
+t = torch.tensor([100, 300, 600, 900], device=pipe.device)
+some_labels = {"color": torch.tensor([0, 1, 2, 3], device=pipe.device),
+               "shape": torch.tensor([0, 1, 2, 0], device=pipe.device)}
+yours = my_classifier_guided_eps(model, untrained, x_t, t, some_labels, 3.0, pipe.noise_schedule)
+library = classifier_guided_eps(model, untrained, x_t, t, some_labels, 3.0, pipe.noise_schedule)
+with torch.no_grad():
+    moved = not torch.allclose(yours, model(x_t, t, None))
+print("your classifier-guided eps == the library's:", torch.allclose(yours, library, atol=1e-5))
+print("and the gradient moved it away from the unconditional eps:", moved)
+assert torch.allclose(yours, library, atol=1e-5) and moved
 
 # %% [markdown]
 # The same starting noise, guided towards *a red triangle* at growing classifier scales:
 
 # %%
-# synthetic data only: the classifier learns colour and shape
-from lib_cfg.diffusion import randn
+if has_attributes(config):  # the classifier learns colour and shape
+    from lib_cfg.diffusion import randn
 
-scales = [0, 1, 3, 10, 30]
-x_T = randn((4, 3, config.resolution, config.resolution), torch.Generator().manual_seed(1), pipe.device)
-labels = {"color": torch.zeros(4, dtype=torch.long, device=pipe.device),   # red
-          "shape": torch.full((4,), 2, dtype=torch.long, device=pipe.device)}  # triangle
-STEPS = pipe.config.num_inference_steps  # the config's sampler and step count (notebook 04 says why)
-rows = [sample_with_classifier(model, classifier, labels, pipe.sampler(), s, x_T, pipe.noise_schedule, STEPS,
-                               generator=torch.Generator().manual_seed(2)) for s in scales]
-image_grid_figure(torch.stack(rows, 1).flatten(0, 1), ncols=len(scales),
-                  col_labels=[f"classifier s = {s}" for s in scales], suptitle="target: a red triangle");
+    scales = [0, 1, 3, 10, 30]
+    x_T = randn((4, 3, config.resolution, config.resolution), torch.Generator().manual_seed(1), pipe.device)
+    labels = {"color": torch.zeros(4, dtype=torch.long, device=pipe.device),   # red
+              "shape": torch.full((4,), 2, dtype=torch.long, device=pipe.device)}  # triangle
+    STEPS = pipe.config.num_inference_steps  # the config's sampler and step count (notebook 04 says why)
+    rows = [sample_with_classifier(model, classifier, labels, pipe.sampler(), s, x_T, pipe.noise_schedule, STEPS,
+                                   generator=torch.Generator().manual_seed(2)) for s in scales]
+    image_grid_figure(torch.stack(rows, 1).flatten(0, 1), ncols=len(scales),
+                      col_labels=[f"classifier s = {s}" for s in scales], suptitle="target: a red triangle");
 
 # %% [markdown]
 # ## Does adherence rise with the classifier scale?
@@ -190,25 +223,25 @@ image_grid_figure(torch.stack(rows, 1).flatten(0, 1), ncols=len(scales),
 # check of colour and shape, independent of the classifier) say how often the image has what was asked.
 
 # %%
-# synthetic data only: the classifier learns colour and shape; the judge checks colour and shape
-from lib_cfg.classifier import classifier_adherence_sweep
-from lib_cfg.evaluation import format_table
+if has_attributes(config):  # the classifier learns colour and shape; the judge checks colour and shape
+    from lib_cfg.classifier import classifier_adherence_sweep
+    from lib_cfg.evaluation import format_table
 
-SWEEP = [0, 1, 3, 10, 30]
-N_PER_PROMPT = 2 if PRESET == "ci" else 3
-cg = classifier_adherence_sweep(model, classifier, SWEEP, pipe.sampler(), pipe.noise_schedule,
-                                n_per_prompt=N_PER_PROMPT, num_inference_steps=STEPS)
-print(format_table(cg))
+    SWEEP = [0, 1, 3, 10, 30]
+    N_PER_PROMPT = 2 if PRESET == "ci" else 3
+    cg = classifier_adherence_sweep(model, classifier, SWEEP, pipe.sampler(), pipe.noise_schedule,
+                                    n_per_prompt=N_PER_PROMPT, num_inference_steps=STEPS)
+    print(format_table(cg))
 
 # %%
-# synthetic data only: the classifier learns colour and shape; the judge checks colour and shape
-fig, ax = plt.subplots(figsize=(6, 3))
-for attr, color in (("color", "C0"), ("shape", "C1"), ("all", "C2")):
-    ax.plot(SWEEP, [cg[f"{s:g}"][attr] for s in SWEEP], "o-", color=color, label=attr)
-ax.axhline(chance["color"], ls="--", color="C0", lw=1)
-ax.axhline(chance["shape"], ls="--", color="C1", lw=1)
-ax.set_xscale("symlog", linthresh=1), ax.set_xlabel("classifier scale s"), ax.set_ylabel("adherence")
-ax.legend(fontsize=7), ax.grid(alpha=.3);
+if has_attributes(config):  # the classifier learns colour and shape; the judge checks colour and shape
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for attr, color in (("color", "C0"), ("shape", "C1"), ("all", "C2")):
+        ax.plot(SWEEP, [cg[f"{s:g}"][attr] for s in SWEEP], "o-", color=color, label=attr)
+    ax.axhline(chance["color"], ls="--", color="C0", lw=1)
+    ax.axhline(chance["shape"], ls="--", color="C1", lw=1)
+    ax.set_xscale("symlog", linthresh=1), ax.set_xlabel("classifier scale s"), ax.set_ylabel("adherence")
+    ax.legend(fontsize=7), ax.grid(alpha=.3);
 
 # %% [markdown]
 # The central claim of this notebook, checked (CI runs this cell too): adherence at the largest scale
@@ -219,10 +252,10 @@ ax.legend(fontsize=7), ax.grid(alpha=.3);
 # loses it beyond $t = 400$, so its gradient has little to say about shape. Exercise 2 goes the other way.
 
 # %%
-# synthetic data only: the classifier learns colour and shape; the judge checks colour and shape
-assert cg[f"{max(SWEEP):g}"]["color"] > cg["0"]["color"] + 0.2, cg
-for attr in ("color", "shape", "all"):
-    print(f"{attr:5s} adherence against classifier scale:", " -> ".join(f"{100 * cg[f'{s:g}'][attr]:.0f}%" for s in SWEEP))
+if has_attributes(config):  # the classifier learns colour and shape; the judge checks colour and shape
+    assert cg[f"{max(SWEEP):g}"]["color"] > cg["0"]["color"] + 0.2, cg
+    for attr in ("color", "shape", "all"):
+        print(f"{attr:5s} adherence against classifier scale:", " -> ".join(f"{100 * cg[f'{s:g}'][attr]:.0f}%" for s in SWEEP))
 
 # %% [markdown]
 # ## Why classifier-free guidance removes the classifier
@@ -265,5 +298,29 @@ for attr in ("color", "shape", "all"):
 #    pipe.noise_schedule)`, and sample with `lib_cfg.diffusion.denoise(eps_fn, pipe.sampler(), x_T, STEPS)`.
 #    *Check:* judge the images (`lib_cfg.evaluation.judge`) against guiding at every step: does shape
 #    adherence change much? (The accuracy plot says what the classifier can see at those $t$.)
-#
+# 5. **Guide only at low noise, per image** (a cell to complete, below). Exercise 4 switches guidance on
+#    for the whole batch by `t[0]`; write `low_noise_eps(x_t, t, classifier, labels, s, t_max)` that guides
+#    each image whose own `t <= t_max` and leaves the others unconditional (`torch.where` on a per-image
+#    mask). *Check:* the cell after it asserts both halves on a batch with mixed `t`.
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+# Exercise 5: a worked answer. Replace it with your own, then run the check below.
+def low_noise_eps(x_t, t, classifier, labels, s, t_max):
+    guided = my_classifier_guided_eps(model, classifier, x_t, t, labels, s, pipe.noise_schedule)
+    with torch.no_grad():
+        plain = model(x_t, t, None)
+    return torch.where((t <= t_max).view(-1, 1, 1, 1), guided, plain)
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+# The check, on the untrained classifier above: t = 100, 300 are guided, t = 600, 900 are not.
+mixed = low_noise_eps(x_t, t, untrained, some_labels, 3.0, t_max=400)
+with torch.no_grad():
+    unguided_rows = torch.allclose(mixed[2:], model(x_t[2:], t[2:], None), atol=1e-5)
+guided_rows = torch.allclose(mixed[:2], library[:2], atol=1e-5)
+print("t > t_max: unconditional:", unguided_rows, "| t <= t_max: guided:", guided_rows)
+assert unguided_rows and guided_rows
+
+# %% [markdown]
 # **Next:** [02 · The text encoder](02_text_encoder.ipynb): where $y$ comes from when it is a sentence.

@@ -30,7 +30,7 @@
 import os
 
 # Which preset to run: `quick` (offline, CPU, minutes), `ci` (the short one CI runs), `lesson` (CLIP + AFHQ, CUDA),
-# `lesson-smoke` (the lesson's path at toy size, offline: cells marked "synthetic data only" are skipped).
+# `lesson-smoke` (the lesson's path at toy size, offline: the cells that judge colour and shape say they are skipped).
 PRESET = os.environ.get("LIB_CFG_PRESET", "quick")
 
 # %%
@@ -38,9 +38,10 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
-from lib_cfg.notebook import setup
+from lib_cfg.notebook import ROOT, setup
 from lib_cfg.text_encoder import TextEncoder
 
+os.chdir(ROOT)  # run from the repository root: data/ and checkpoints/ are the command line's too
 config = setup(PRESET)
 
 # %% [markdown]
@@ -205,6 +206,24 @@ print(torch.allclose(cache(["a red circle on a black background"]), encoder(["a 
 # 3. **How much the cache saves.** Time `encoder(batch)` against `cache(batch)` for batches of 16, 64
 #    and 256. *Check:* does the ratio grow with the batch? Multiply the time per batch of 16 by the
 #    lesson's 20 000 steps: how long would re-encoding take with MiniLM (CLIP ViT-L/14 is about 5x larger)?
-#
+# 4. **Cosine by hand** (a cell to complete, below). Write `cosine(a, b)` for two batches of embeddings
+#    [N x D] from its definition, $a \cdot b / (\lVert a \rVert \lVert b \rVert)$ per row, without
+#    `normalize` or `cosine_similarity`. *Check:* the cell after it compares yours with the heatmap's value
+#    for the swapped pair.
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+# Exercise 4: a worked answer. Replace it with your own, then run the check below.
+def cosine(a, b):
+    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+pair_a, pair_b = encoder(["a red circle on a blue background"]), encoder(["a blue circle on a red background"])
+ok = abs(cosine(pair_a, pair_b).item() - float(swap)) < 1e-5
+print("your cosine == the heatmap's value for the swapped pair:", ok)
+assert ok, (cosine(pair_a, pair_b).item(), float(swap))
+
+# %% [markdown]
 # **Next:** [03 · Training with classifier-free guidance](03_cfg_training.ipynb) adds this vector to the
 # UNet and trains it.

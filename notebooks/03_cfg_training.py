@@ -66,17 +66,18 @@
 import os
 
 # Which preset to run: `quick` (offline, CPU, minutes), `ci` (the short one CI runs), `lesson` (CLIP + AFHQ, CUDA),
-# `lesson-smoke` (the lesson's path at toy size, offline: cells marked "synthetic data only" are skipped).
+# `lesson-smoke` (the lesson's path at toy size, offline: the cells that judge colour and shape say they are skipped).
 PRESET = os.environ.get("LIB_CFG_PRESET", "quick")
 
 # %%
 import torch
 
 from lib_cfg.config import get_preset
-from lib_cfg.notebook import setup, show
+from lib_cfg.notebook import ROOT, setup, show
 
+os.chdir(ROOT)  # run from the repository root: data/ and checkpoints/ are the command line's too
 config = setup(PRESET)
-RETRAIN = False  # True: delete this run's checkpoint and train from scratch
+RETRAIN = False  # True: delete this run (and its guide snapshot) and train it from scratch
 
 # %%
 # The lesson's TrainingConfig, as its notebook sets it (the course's presets keep its field names).
@@ -108,8 +109,36 @@ print(f"{'UNet parameters':>20} | {'14.68M':>32} | " + " | ".join(f"{p:31.2f}M" 
 #
 # ## The model: what the lesson adds
 #
-# In `__init__`, the UNet calls `add_text_conditioning`: the lines that define `self.text_proj` and
-# `self.null_text_embed` (plus the two other ways in for the text that notebook 05 compares):
+# First in a cell of your own, as the lesson writes it: the two new pieces and the two lines of `forward`
+# that use them. `TextConditioning` takes the time embedding the UNet already computes and returns the
+# embedding every block sees. Edit it and re-run the check below: it compares yours with the library's
+# UNet on the same weights.
+
+# %%
+import torch.nn as nn
+
+
+class TextConditioning(nn.Module):
+    """The lesson's additions to the UNet, on their own: time embedding [N x E] + caption [N x D] -> emb [N x E]."""
+
+    def __init__(self, text_embed_dim, time_embed_dim):
+        super().__init__()
+        # linear modulation: the caption is mapped into the time embedding's space ...
+        self.text_proj = nn.Sequential(nn.Linear(text_embed_dim, time_embed_dim), nn.SiLU(),
+                                       nn.Linear(time_embed_dim, time_embed_dim))
+        # ... and "no caption" is a vector the model learns, not zeros
+        self.null_text_embed = nn.Parameter(torch.randn(1, text_embed_dim) * 0.02)
+
+    def forward(self, time_emb, text_embeddings, uncond_mask):
+        text_embeddings = text_embeddings.clone()  # the lesson's in-place swap, on a copy of the caller's tensor
+        text_embeddings[uncond_mask] = self.null_text_embed  # the dropped rows get "no caption"
+        return time_emb + self.text_proj(text_embeddings)  # ... added to the time embedding
+
+
+# %% [markdown]
+# The library's UNet does the same in three methods, so that notebook 05 can swap in two other ways for
+# the text to come in. In `__init__`, it calls `add_text_conditioning`: the lines that define
+# `self.text_proj` and `self.null_text_embed` (and those of the two other ways, for notebook 05):
 
 # %%
 from lib_cfg.model import ResBlock, UNetModel
@@ -151,11 +180,12 @@ show(UNetModel.forward)
 # %% [markdown]
 # A check on a fresh, untrained model (its output layers start at zero, so we look at what the text
 # does before them): a row marked in `uncond_mask` becomes the null embedding, the other keeps its
-# caption, and the caption changes `emb`.
+# caption, the caption changes `emb`, and your `TextConditioning`, given the library's weights, computes
+# exactly the library's `emb`.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from lib_cfg.model import create_unet_model
+from lib_cfg.model import create_unet_model, timestep_embedding
 
 tiny = create_unet_model(get_preset("ci"), "cpu", verbose=False)
 with torch.no_grad():
@@ -167,6 +197,14 @@ with torch.no_grad():
     emb_swapped, _ = tiny.condition(t, swapped, torch.float32)
     print("the caption changes emb:", not torch.allclose(emb_caption[0], emb_swapped[0]))
 
+    mine = TextConditioning(384, tiny.text_proj[0].out_features)
+    mine.load_state_dict({k: v for k, v in tiny.state_dict().items() if k.startswith(("text_proj.", "null_text_embed"))})
+    mask = torch.tensor([True, False])
+    time_emb = tiny.time_embed(timestep_embedding(t, tiny.model_channels))
+    emb_library, _ = tiny.condition(t, tiny.swap_in_null(captions, 2, mask), torch.float32)
+    print("your TextConditioning == the library's emb:", torch.equal(mine(time_emb, captions, mask), emb_library))
+assert torch.equal(mine(time_emb, captions, mask), emb_library), "TextConditioning differs from the library"
+
 # %% [markdown]
 # ## Data, text encoder, model, optimizer: `build_training`
 #
@@ -174,11 +212,8 @@ with torch.no_grad():
 # makes: the data, the caption embeddings (notebook 02 showed the encoder and the cache: each distinct
 # caption is encoded once), the model, its EMA copy, the optimizer, the bookkeeping callbacks, and,
 # given `resume=`, the state of an interrupted run (after checking that its checkpoint fits this model).
-
-# %%
-from lib_cfg.train import build_training
-
-show(build_training)
+# The rest of `build_training` is plumbing (under torchrun, process 0 writes the caches first); its source
+# is in `lib_cfg/train.py`.
 
 # %%
 run = build_training(config)
@@ -216,55 +251,112 @@ print(run.embed(meta["text"]).shape)
 # %% [markdown]
 # ## The training step
 #
-# `training_step` is the lesson's loop body: draw $t$ and $\epsilon$, make $x_t$ with `add_noise`,
-# predict $\epsilon$ with each caption dropped with probability `text_drop_prob`, MSE, clip the
-# gradient norm, AdamW step. The dropout mask `uncond_mask` is drawn here and handed to the model,
-# whose `forward` swaps in the null embedding (`swap_in_null`, above). The lesson draws the mask inside
-# `forward`; drawn here, over the whole batch, two processes under torchrun take exactly the step one
-# would. The forward pass runs under bf16 autocast where the hardware computes bf16 natively.
+# Now the lesson's loop body, again in a cell of your own: draw $t$ and $\epsilon$, make $x_t$ with
+# `add_noise` (the lesson's `forward_diffusion`), predict $\epsilon$ with each caption dropped with
+# probability `text_drop_prob` (the mask goes to the model, whose `forward` swaps in the null embedding),
+# MSE, clip the gradient norm, AdamW step.
 
 # %%
+import torch.nn.functional as F
+
+from lib_cfg.diffusion import add_noise
+
+
+def lesson_training_step(model, optimizer, x0, text_embeddings, noise_schedule, config):
+    """One step as the lesson writes it. x0: [N x C x H x W] images in [-1, 1]; text_embeddings: [N x D]."""
+    n = x0.shape[0]
+    t = torch.randint(0, config.num_denoising_steps, (n,), device=x0.device)  # a timestep per image
+    eps = torch.randn_like(x0)  # the noise the model learns to predict
+    uncond_mask = torch.rand(n, device=x0.device) < config.text_drop_prob  # p_uncond: these rows get "no caption"
+    x_t = add_noise(x0, eps, t, noise_schedule)
+    loss = F.mse_loss(model(x_t, t, text_embeddings, uncond_mask=uncond_mask), eps)
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)  # the lesson: "try commenting it out"
+    optimizer.step()
+    return loss
+
+
+# %% [markdown]
+# The library's `training_step` (in `lib_cfg/train.py`) is this step plus three things the course uses:
+# the Min-SNR loss weights when `snr_gamma > 0`, bf16 autocast where the CPU computes bf16 natively, and
+# the row-sharding that lets two processes under torchrun take exactly the step one would. One
+# difference from the lesson is on purpose: the lesson draws the dropout mask inside `forward`, one coin
+# per image; we draw it in the step and hand it over as `uncond_mask`, so sampling can use the same
+# argument for its unconditional half. (Dropping the caption for a whole batch at once, the lesson's other
+# option in its comment, gives the same fraction of null rows but makes every gradient either all
+# conditional or all unconditional: noisier, and the two halves then never share a step.)
+#
+# With the lesson's loss in fp32, your step and the library's are the same step: from the same seed, the
+# same loss and the same weights afterwards, bit for bit.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+import copy
+from dataclasses import replace
+
 from lib_cfg.train import make_optimizer, training_step
 
-show(training_step)
+lesson_recipe = replace(config, snr_gamma=0.0, mixed_precision="no")  # the lesson's loss, in fp32
+x0, meta = next(iter(run.train_dataloader))
+device = next(run.model.parameters()).device
+x0, text = x0.to(device), run.embed(meta["text"])
+yours, library = copy.deepcopy(run.model), copy.deepcopy(run.model)
+with torch.random.fork_rng():  # so that `run` below trains exactly as `python -m lib_cfg train` does
+    torch.manual_seed(1)
+    loss_yours = lesson_training_step(yours, make_optimizer(yours, lesson_recipe), x0, text, run.noise_schedule,
+                                      lesson_recipe)
+    torch.manual_seed(1)
+    loss_library = training_step(library, make_optimizer(library, lesson_recipe), x0, text, run.noise_schedule,
+                                 lesson_recipe)
+same_weights = all(torch.equal(a, b) for a, b in zip(yours.parameters(), library.parameters()))
+print("the same loss:", torch.equal(loss_yours, loss_library))
+print("the same weights after the step:", same_weights)
+assert torch.equal(loss_yours, loss_library) and same_weights
 
 # %% [markdown]
-# One step by hand, on a copy of the fresh model: an untrained UNet predicts $\epsilon \approx 0$ (its
-# output layers start at zero), so the first loss is about $\mathbb{E}[\epsilon^2] = 1$. The copy and
-# `fork_rng` keep `run` untouched, so the training below is exactly what `python -m lib_cfg train` does.
+# ### A loop of your own
+#
+# A few steps of your step in a plain loop, on a copy of the fresh model (so `run` is untouched): an
+# untrained UNet predicts $\epsilon \approx 0$ (its output layers start at zero), so the first loss is
+# about $\mathbb{E}[\epsilon^2] = 1$, and it falls from there. The lesson's loop is this, for 20 000 steps.
 
 # %%
-import copy
+from tqdm.auto import tqdm
 
 model = copy.deepcopy(run.model)
+optimizer = make_optimizer(model, lesson_recipe)  # a constant learning rate, as in the lesson
+losses = []
 with torch.random.fork_rng():
-    first_loss = training_step(model, make_optimizer(model, config), x0, run.embed(meta["text"]),
-                               run.noise_schedule, config).item()
-print(f"loss of the first step: {first_loss:.3f}")
-assert 0.8 < first_loss < 1.2
+    batches = iter(run.train_dataloader)
+    for step in tqdm(range(30), desc="your loop"):
+        x0, meta = next(batches)
+        x0 = x0.to(device)
+        losses.append(lesson_training_step(model, optimizer, x0, run.embed(meta["text"]), run.noise_schedule,
+                                           lesson_recipe).item())
+print(f"loss: step 1 {losses[0]:.3f}, step 10 {losses[9]:.3f}, step 30 {losses[-1]:.3f}")
+assert 0.8 < losses[0] < 1.2 and losses[-1] < losses[0]
 
-# %% [markdown]
 # ## We train
 #
-# `run.train()` puts the step in a loop (`run_training(config)`, what `python -m lib_cfg train` runs,
-# is `build_training(config).train()`): a batch, its cached embeddings, the learning rate, the step,
-# then the bookkeeping callbacks: an exponential moving average (EMA) of the weights, log lines,
-# validation loss, sample grids, checkpoints. It also catches Ctrl-C: **interrupting the kernel is
-# safe**, the step in progress finishes, a checkpoint is saved, and running this cell again continues
-# from it. A finished run is loaded, not retrained (set `RETRAIN = True` to start over). The progress
-# bar says how long it will take. On the way, at a quarter of the steps, `ensure_trained` also saves the
-# model as it is then (`shorter_guide`): notebook 06 guides with that weaker version of it.
+# `run.train()` is that loop with the library's step and the bookkeeping around it
+# (`run_training(config)`, what `python -m lib_cfg train` runs, is `build_training(config).train()`): a batch,
+# its cached embeddings, the learning rate (a warm-up, then cosine decay), the step, then the callbacks: an
+# exponential moving average (EMA) of the weights, log lines, validation loss, sample grids, checkpoints.
+# It also catches Ctrl-C: **interrupting the kernel is safe**, the step in progress finishes, a checkpoint
+# is saved, and running this cell again continues from it. A finished run is loaded, not retrained: if
+# notebook 01 ran first, it trained this model already, and the cell says so (set `RETRAIN = True` to watch
+# it train again; that deletes the run and its guide snapshot). Before it starts, `ensure_trained` times two
+# steps and prints an estimate; the progress bar then counts down. On the way, at a quarter of the steps,
+# it also saves the model as it is then (`shorter_guide`): notebook 06 guides with that weaker version of it.
 
 # %%
 # %%time
 # NBVAL_IGNORE_OUTPUT
-import shutil
-
-from lib_cfg.notebook import ensure_trained
+from lib_cfg.notebook import ensure_trained, remove_run
 
 if RETRAIN:
-    shutil.rmtree(config.checkpoint_dir, ignore_errors=True)
-print(f"{config.max_steps} steps of {config.batch_size} images: the progress bar below shows the time left")
+    remove_run(config)  # the run and its quarter-way guide snapshot (notebook 06)
 ensure_trained(config, run)  # trains `run` unless a finished (or an interrupted) run is already on disk
 
 # %% [markdown]
@@ -362,5 +454,49 @@ assert is_finished(config)
 #    prompt better at this step count? Then try `--beta_schedule cosine` or `--timestep_sampling logit_normal`,
 #    the levers the README measured and did not keep.
 #
+# 5. **Min-SNR in your own step** (a cell to complete, below). The course's `quick` preset weights each
+#    image's loss by $\min(\mathrm{SNR}_t, \gamma) / \mathrm{SNR}_t$ with $\gamma$ = `snr_gamma` = 5, where
+#    $\mathrm{SNR}_t = \bar\alpha_t / (1 - \bar\alpha_t)$ (`lib_cfg.diffusion.snr(noise_schedule, t)`): low-noise
+#    steps, which are easy, count less. Write `min_snr_training_step`, your step with that loss.
+#    *Check:* the cell after it runs your step and the library's `training_step` from the same seed and
+#    asserts the same loss and weights. The stored notebook holds a worked answer: replace it with yours.
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+# Exercise 5: a worked answer. Replace it with your own, then run the check below.
+from lib_cfg.diffusion import snr
+
+
+def min_snr_training_step(model, optimizer, x0, text_embeddings, noise_schedule, config):
+    n = x0.shape[0]
+    t = torch.randint(0, config.num_denoising_steps, (n,), device=x0.device)
+    eps = torch.randn_like(x0)
+    uncond_mask = torch.rand(n, device=x0.device) < config.text_drop_prob
+    x_t = add_noise(x0, eps, t, noise_schedule)
+    per_image = (model(x_t, t, text_embeddings, uncond_mask=uncond_mask) - eps).pow(2).mean(dim=(1, 2, 3))
+    snr_t = snr(noise_schedule, t)
+    loss = (per_image * snr_t.clamp(max=config.snr_gamma) / snr_t).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    return loss
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+# The check: your step and the library's, from the same seed, on the course's loss in fp32.
+min_snr = replace(config, snr_gamma=5.0, mixed_precision="no")
+yours, library = copy.deepcopy(run.model), copy.deepcopy(run.model)
+with torch.random.fork_rng():
+    torch.manual_seed(2)
+    a = min_snr_training_step(yours, make_optimizer(yours, min_snr), x0, text, run.noise_schedule, min_snr)
+    torch.manual_seed(2)
+    b = training_step(library, make_optimizer(library, min_snr), x0, text, run.noise_schedule, min_snr)
+ok = torch.allclose(a, b, atol=1e-6) and all(torch.allclose(p, q, atol=1e-6)
+                                             for p, q in zip(yours.parameters(), library.parameters()))
+print("your Min-SNR step is the library's:", ok)
+assert ok, f"loss {a.item():.6f}, the library's {b.item():.6f}"
+
+# %% [markdown]
 # **Next:** [04 · Sampling with classifier-free guidance](04_guidance_sampling.ipynb) samples from
 # this model and measures what the guidance scale does.

@@ -127,3 +127,20 @@ def test_opens_with_a_goal_and_ends_with_summary_exercises_and_next_step(path):
     following = [p.name for p in IPYNBS if int(p.name[:2]) == number + 1]
     if following:
         assert f"({following[0]})" in exercises, f"ends with a link to {following[0]}"
+
+
+@pytest.mark.parametrize("path", IPYNBS, ids=lambda p: p.stem)
+def test_cells_that_judge_say_so_in_python(path):
+    """A cell that needs the synthetic shapes' labels (the judge, the fidelity features, the attribute
+    classifier) runs under a visible `if has_attributes(config):`, and the working directory changes in a
+    cell the learner sees."""
+    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    needs = re.compile(r"\b(judge|Fidelity|tradeoff|adherence_sweep|classifier_adherence_sweep|train_classifier)\(")
+    for i, cell in enumerate(cells):
+        code = "".join(cell["source"])
+        assert not code.lstrip().startswith("# synthetic data only"), f"code cell {i}: an old marker comment"
+        # 05's comparison always trains on the coloured-background shapes (`backgrounds=True`): labelled everywhere
+        if needs.search(code) and "def " not in code and "backgrounds=True" not in code:
+            assert "if has_attributes(config)" in code, f"code cell {i} needs the labels but does not check for them"
+    setup_cell = next("".join(c["source"]) for c in cells if "setup(PRESET" in "".join(c["source"]))
+    assert "os.chdir(ROOT)" in setup_cell
