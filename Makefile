@@ -1,12 +1,13 @@
-# Two commands do everything on a fresh machine with python3:
+# On a fresh machine with python3:
+#   make lab    creates .venv and opens JupyterLab on notebooks/ (the course)
 #   make run    creates .venv, trains the `quick` preset offline on the CPU, writes the
 #               guidance-scale grid and prints the adherence table
-#   make test   the test suite (what CI runs through .ci/run)
+#   make test   the test suite (what CI runs through .ci/run); installs Chromium first where it can
 PY := .venv/bin/python
 CKPT := checkpoints/quick
 SCALES := 0 1 3 5 7.5
 
-.PHONY: run train grid evaluate test notebooks bench bench-quick gpu-prep clean-generated
+.PHONY: lab run train grid evaluate test notebooks bench bench-quick gpu-prep clean-generated
 
 .venv/.installed: requirements.txt pyproject.toml
 	python3 -m venv .venv
@@ -16,6 +17,9 @@ SCALES := 0 1 3 5 7.5
 	touch $@
 
 run: .venv/.installed train grid evaluate
+
+lab: .venv/.installed
+	$(PY) -m jupyter lab --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 # Resumes the run if one was interrupted (or skips ahead if it already finished).
 train: .venv/.installed
@@ -30,6 +34,7 @@ evaluate: .venv/.installed
 
 # The unit tests, then every notebook from a fresh kernel on the short `ci` preset (nbval).
 test: .venv/.installed
+	@bash tools/ensure_chromium.sh
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 LIB_CFG_PRESET=ci \
 		$(PY) -m pytest -q -p no:cacheprovider tests notebooks --nbval-lax --nbval-cell-timeout=600 --durations=10
 

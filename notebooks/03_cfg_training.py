@@ -216,6 +216,8 @@ assert torch.equal(mine(time_emb, captions, mask), emb_library), "TextConditioni
 # is in `lib_cfg/train.py`.
 
 # %%
+from lib_cfg.train import build_training
+
 run = build_training(config)
 print(f"{len(run.train_ds)} training and {len(run.val_ds)} validation images; "
       f"caption embeddings: {run.embed.text_embed_dim}-d; EMA kept: {run.ema_model is not None}")
