@@ -126,9 +126,9 @@ class LogCallback(Callback):
         now = time.perf_counter()
         ips = (step - self._step) * ctx["batch_size"] / max(now - self._t, 1e-9)
         recent = h["loss"][-(step - self._line_step):]  # the losses since the previous line
-        self._t, self._step, self._line_step = now, step, step
+        previous, (self._t, self._step, self._line_step) = self._line_step, (now, step, step)
         line = {"step": step, "loss": sum(recent) / len(recent), "lr": ctx["lr"], "images_per_s": round(ips, 1)}
-        if h["val_loss"]:
+        if h["val_step"] and h["val_step"][-1] > previous:  # only a validation loss measured since the last line
             line["val_loss"] = h["val_loss"][-1]
         if self.printer:
             self.printer(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in line.items()))

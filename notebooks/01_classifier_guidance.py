@@ -27,7 +27,7 @@
 # | 01 · Classifier guidance (this one) | Bayes' rule, a noise-aware classifier, classifier-guided sampling | the model of 03 (trains it if missing) |
 # | [02 · The text encoder](02_text_encoder.ipynb) | captions -> vectors; what pooling loses; the embedding cache | nothing |
 # | [03 · Training with CFG](03_cfg_training.ipynb) | the lesson's change to the UNet; **trains the model the others use** | nothing |
-# | [04 · Sampling with CFG](04_guidance_sampling.ipynb) | the CFG step; adherence against variety; DDPM vs DDIM; sliders | the model of 03 |
+# | [04 · Sampling with CFG](04_guidance_sampling.ipynb) | the CFG step; adherence against variety; samplers; sliders | the model of 03 |
 # | [05 · Conditioning architectures](05_conditioning_architectures.ipynb) | modulation vs concat vs cross-attention; large-guidance fixes | the model of 03; trains three small ones |
 # | [06 · Guidance beyond CFG](06_guidance_methods.ipynb) | APG, CFG-Zero*, autoguidance against CFG on one adherence-variety frontier | the models of 03 and 05, and the weak guides their runs saved on the way |
 #
@@ -37,6 +37,13 @@
 # [03 · From the lesson to this course](03_cfg_training.ipynb#From-the-lesson-to-this-course).
 #
 # ## Bayes' rule and the score
+#
+# A reminder of the notation. A diffusion model is trained on noisy images
+# $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1 - \bar\alpha_t}\,\epsilon$ with $\epsilon \sim \mathcal{N}(0, I)$ and
+# $t = 0 \dots 999$: $\bar\alpha_t$ ("alpha-bar", `alphas_cumprod` in the code) is the share of the signal's
+# variance left at step $t$, close to 1 at $t = 0$ and close to 0 at $t = 999$. The network
+# $\epsilon_\theta(x_t, t)$ predicts the noise $\epsilon$ that was added. The **score** of a distribution is
+# the gradient of its log-density, $\nabla_x \log p(x)$: the direction in which an image becomes more likely.
 #
 # So far a diffusion model turns noise into an image, with no say in *which* image. Let $x$ be the
 # image and $y$ the prompt. Bayes' rule links the two distributions we could sample from:
@@ -146,6 +153,8 @@ if has_attributes(config):  # the classifier learns colour and shape
     for attr in ("color", "shape"):
         print(f"{attr}: accuracy at t=0 {acc_t[0][attr]:.0%}, at t=999 {acc_t[999][attr]:.0%} (chance {chance[attr]:.0%}); "
               f"more than 25 points above chance up to t = {readable_until(attr)}")
+    for attr in ("color", "shape"):
+        print(f"{attr} accuracy by t:", ", ".join(f"{t}: {acc_t[t][attr]:.0%}" for t in ts))
     assert readable_until("color") >= readable_until("shape")
 
 # %% [markdown]
@@ -159,7 +168,7 @@ if has_attributes(config):  # the classifier learns colour and shape
 #
 # $$\hat\epsilon = \epsilon_\theta(x_t, t) - s\,\sqrt{1-\bar\alpha_t}\;\nabla_{x_t} \log p_\phi(y \mid x_t)$$
 #
-# which is the noise prediction of $p(x)\,p_\phi(y \mid x)^s$ ($\phi$: the classifier's own weights). Any sampler (DDPM, DDIM) then uses $\hat\epsilon$ in
+# which is the noise prediction of $p(x)\,p_\phi(y \mid x)^s$ ($\phi$: the classifier's own weights). Any sampler (the ancestral DDPM step here; notebook 04 brings in others) then uses $\hat\epsilon$ in
 # place of $\epsilon$. Write it in a cell of your own: the unconditional prediction, the gradient of the
 # classifier's log-probability with respect to the noisy image (autograd does it), and the line above.
 # Edit it and re-run the check below.
@@ -238,10 +247,11 @@ if has_attributes(config):  # the classifier learns colour and shape; the judge 
     fig, ax = plt.subplots(figsize=(6, 3))
     for attr, color in (("color", "C0"), ("shape", "C1"), ("all", "C2")):
         ax.plot(SWEEP, [cg[f"{s:g}"][attr] for s in SWEEP], "o-", color=color, label=attr)
-    ax.axhline(chance["color"], ls="--", color="C0", lw=1)
-    ax.axhline(chance["shape"], ls="--", color="C1", lw=1)
-    ax.set_xscale("symlog", linthresh=1), ax.set_xlabel("classifier scale s"), ax.set_ylabel("adherence")
-    ax.legend(fontsize=7), ax.grid(alpha=.3);
+    ax.axhline(chance["color"], ls="--", color="C0", lw=1, label="color: chance")
+    ax.axhline(chance["shape"], ls="--", color="C1", lw=1, label="shape: chance")
+    ax.set_xscale("symlog", linthresh=1), ax.set_xlim(0, max(SWEEP) * 1.1)  # s >= 0: no empty negative half
+    ax.set_xlabel("classifier scale s (linear up to 1, logarithmic above)"), ax.set_ylabel("adherence (judge)")
+    ax.set_ylim(0, 1.05), ax.legend(fontsize=7, ncol=2), ax.grid(alpha=.3);
 
 # %% [markdown]
 # The central claim of this notebook, checked (CI runs this cell too): adherence at the largest scale
@@ -260,8 +270,10 @@ if has_attributes(config):  # the classifier learns colour and shape; the judge 
 # %% [markdown]
 # ## Why classifier-free guidance removes the classifier
 #
-# Classifier guidance works, but needs a second network trained on noisy images, tied to a fixed set of
-# labels: no classifier reads free text like "a small red triangle on black".
+# Classifier guidance works, but needs a second network trained on noisy images. Ours is tied to a fixed
+# set of labels (six colours, three shapes). To guide with free text like "a small red triangle on black",
+# the classifier must itself read text: GLIDE (Nichol et al. 2022) trained a CLIP on noisy images for
+# that, and found classifier-free guidance gave better samples without the second model.
 #
 # Bayes' rule again, the other way round: $\nabla \log p(y \mid x_t) = \nabla \log p(x_t \mid y) - \nabla \log p(x_t)$.
 # If one model predicts both $\epsilon_\theta(x_t, t, y)$ and $\epsilon_\theta(x_t, t, \emptyset)$, then

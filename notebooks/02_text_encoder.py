@@ -133,7 +133,7 @@ ax.set_yticks(range(len(captions)), [c or '"" (empty)' for c in captions], fonts
 for i in range(len(captions)):
     for j in range(len(captions)):
         ax.text(j, i, f"{sim[i, j]:.2f}", ha="center", va="center", fontsize=6, color="w" if sim[i, j] < .7 else "k")
-fig.colorbar(im, ax=ax, fraction=0.046)
+fig.colorbar(im, ax=ax, fraction=0.046, label="cosine similarity of the two captions' embeddings")
 fig.tight_layout()
 
 # %%

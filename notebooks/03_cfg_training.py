@@ -404,7 +404,7 @@ for path in sorted(glob.glob(os.path.join(config.checkpoint_dir, "samples_step_*
 # ## The checkpoint
 #
 # A folder of safetensors and JSON (no pickle), written atomically, with the config inside; notebooks
-# 01, 04 and 05 sample from it.
+# 01, 04, 05 and 06 sample from it (06 also from its quarter-way snapshot).
 
 # %%
 from lib_cfg.checkpoint import resolve_checkpoint

@@ -185,8 +185,10 @@ if has_attributes(config):  # the judge checks colour and shape
     print(f"layout variety: s=0 {results['0']['variety']:.2f} px -> s=3 {results['3']['variety']:.2f} -> "
           f"s={top} {results[top]['variety']:.2f} px")
     met = results["3"]["color"] >= 0.95 and results["3"]["shape"] >= 0.85
-    print(f"the course's bar at s = 3 (colour >= 95%, shape >= 85%): colour {results['3']['color']:.0%}, "
-          f"shape {results['3']['shape']:.0%}, {'met' if met else 'not met'}")
+    n = len(targets)
+    print(f"the course's bar at s = 3 (colour >= 95%, shape >= 85% of {n} images): colour "
+          f"{round(results['3']['color'] * n)} of {n} ({0.95 * n:.1f} needed), shape {round(results['3']['shape'] * n)} "
+          f"of {n} ({0.85 * n:.1f} needed): {'met' if met else 'not met'}")
     assert met or PRESET != "quick", results["3"]  # notebook 03 trains the course's model to meet it
     print(f"fid: s=0 {results['0']['fid']:.2f}, s=1 {results['1']['fid']:.2f}, s=3 {results['3']['fid']:.2f}, "
           f"s={top} {results[top]['fid']:.2f} (closest to the data at s={best}; real images {floor:.2f})")
@@ -300,7 +302,8 @@ if has_attributes(config):  # the judge checks colour and shape
 
 # %%
 if has_attributes(config):  # the judge checks colour and shape (the cell above draws these samples)
-    image_grid_figure(torch.cat(list(grid.values())), ncols=6, row_labels=list(grid), suptitle="s = 3, same noise");
+    image_grid_figure(torch.cat(list(grid.values())), ncols=6, row_labels=list(grid), suptitle="s = 3, same noise",
+                      col_labels=[p.replace(" on a black background", "") for p in texts[::SAMPLER_N][:6]]);
 
 # %% [markdown]
 # What the stored run shows (36 images; the grid above has one sample of each of six prompts):

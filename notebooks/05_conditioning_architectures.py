@@ -162,10 +162,10 @@ fig, ax = plt.subplots(figsize=(6, 2.8))
 x = range(len(rows))
 ax.bar([i - 0.2 for i in x], [r["color"] for r in rows], 0.4, label="object colour right")
 ax.bar([i + 0.2 for i in x], [r["binding"] for r in rows], 0.4, label="both colours right (binding)")
-ax.axhline(1 / 30, ls="--", c="gray", lw=1)
-ax.text(2.45, 0.05, "ignores the text", fontsize=7, color="gray", ha="right")
+ax.axhline(1 / 30, ls="--", c="gray", lw=1, label="binding of a model that ignores the text (1 in 30)")
 ax.set_xticks(list(x), [r["mode"] for r in rows])
-ax.set_ylim(0, 1); ax.legend(fontsize=7, loc="upper left"); ax.set_title("guidance s = 3", fontsize=9);
+ax.set_ylabel("share of 90 samples (judge)")
+ax.set_ylim(0, 1.3); ax.legend(fontsize=7, loc="upper left"); ax.set_title("guidance s = 3", fontsize=9);
 
 # %% [markdown]
 # The claims this section makes, checked whenever it runs: cross-attention binds far better than either
@@ -235,9 +235,10 @@ image_grid_figure(images, titles=twins * len(MODES), ncols=len(twins), row_label
 #   the conditional one, mixed by $\phi$ (`rescale_guidance`);
 # - **guidance interval** (Kynkäänniemi et al. 2024): guide only in a middle range of timesteps, plain
 #   conditional elsewhere;
-# - **dynamic thresholding** (Imagen, Saharia et al. 2022): per image, take $s$ = the 99.5th
+# - **dynamic thresholding** (Imagen, Saharia et al. 2022): per image, take the threshold $c$ = the 99.5th
 #   percentile of $|x_0|$ (at least 1; at most 2 here, diffusers' `sample_max_value`), clip $x_0$ to
-#   $[-s, s]$ and divide by $s$, instead of clipping to $[-1, 1]$ (`dynamic_threshold`).
+#   $[-c, c]$ and divide by $c$, instead of clipping to $[-1, 1]$ (`dynamic_threshold`). (Imagen calls the
+#   threshold $s$; here $s$ stays the guidance scale.)
 
 # %%
 from lib_cfg.diffusion import dynamic_threshold, rescale_guidance
@@ -310,7 +311,9 @@ if has_attributes(config):  # the judge checks colour and shape
 #   Saturation barely moved (0.836 -> 0.832), staying below the real images' 0.854 rather than going
 #   past it: on this model large guidance does not over-saturate.
 # - **Guidance rescale** ($\phi = 0.7$) made clipping slightly *worse* (0.068 -> 0.071) and left adherence
-#   at 1.000. It was designed for a different failure (over-exposure from a zero-terminal-SNR schedule).
+#   at 1.000. It was designed for a different failure: Lin et al. change the noise schedule so that the last
+#   step is pure noise ("zero terminal SNR": $\bar\alpha_T = 0$, no signal left at all, where our linear
+#   betas leave $\bar\alpha_{999} \approx 4 \cdot 10^{-5}$), and at that schedule guided images come out over-exposed.
 # - **The guidance interval** lowered clipping back to the $s = 3$ level (0.009) and kept a little more
 #   diversity (0.353 against 0.338), at no cost in adherence (1.000).
 # - **Dynamic thresholding** nearly removed clipping (0.004), as it must by construction, but washed the
@@ -354,6 +357,18 @@ if has_attributes(config):  # the judge checks colour and shape
 # not a filter: it spreads nothing evenly over "everything else". With a real prompt ($y$ = "a blue
 # square") it is milder, since the prompt already points somewhere (exercise 4).
 #
+# ## What else the lesson says: the backbone and the data
+#
+# Two points of the lesson that the course only touches. **The backbone is a choice.** Nothing in CFG needs
+# a UNet: any network that takes $x_t$, $t$ and the text can be trained with caption dropout and guided.
+# DiT (Peebles & Xie 2023) replaces the UNet with a transformer over image patches, and brings the
+# condition in by the two routes compared above: a scale and shift computed from time + text (adaLN, the
+# modulation of this course's ResBlocks) or cross-attention on the text tokens. **The data decides what can
+# be followed.** A model learns to follow only what its captions say: ours name the colour, the shape and
+# the background of every image, which is why binding could be learned at all. Captions that leave an
+# attribute out (automatic captions often skip the background or the pose) leave nothing for any
+# conditioning, or any guidance scale, to follow; a good captioned dataset matters as much as the model.
+#
 # ## Summary
 #
 # - Pooled text (modulation, concat) hardly says which named colour belongs to the object: the swapped
@@ -364,6 +379,8 @@ if has_attributes(config):  # the judge checks colour and shape
 #   and each fix changed some measures for the better and others for the worse.
 # - Negative prompts reuse the unconditional branch (no new training), and push *away* from a
 #   caption, which collapsed most samples onto its opposite colour.
+# - The backbone (UNet or transformer) is a choice; what the captions say is not: a model follows only
+#   what its data names.
 #
 # ## Exercises
 #

@@ -188,13 +188,13 @@ if has_attributes(config):  # the judge checks colour and shape
             xs = [r[f"{s:g}"][key] for s in SCALES]
             ax.plot(xs, ys, "o-", label=name, alpha=0.85)
             for s, x, y in zip(SCALES, xs, ys):
-                if s in (1, 3, 7.5):
-                    ax.annotate(f"{s:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                if name == "cfg" and s in (1, 3, 7.5):  # one curve labelled: the others' points would overlap it
+                    ax.annotate(f"s={s:g}", (x, y), fontsize=7, xytext=(4, -10), textcoords="offset points")
     axes[0].set_xlabel("variety within a prompt (px; more is better)"), axes[0].set_ylabel("adherence: colour and shape right")
     axes[1].set_xlabel("Fréchet distance to real images (log; less is better)"), axes[1].set_xscale("log")
     for ax in axes:
         ax.grid(alpha=.3)
-    axes[0].set_title("each method over its scale (labels: s)", fontsize=9), axes[1].legend(fontsize=7);
+    axes[0].set_title("each method over its scale (labelled: CFG's s = 1, 3, 7.5)", fontsize=9), axes[1].legend(fontsize=7);
 
 # %% [markdown]
 # Up and to the right is better on the left, up and to the left on the right. At $s = 1$ all five points coincide: every mix is the conditional
@@ -296,7 +296,8 @@ from lib_cfg.plotting import image_grid_figure
 
 prompts = ["a red circle on a black background"] * 4 + ["a blue triangle on a black background"] * 4
 rows = [pipe(prompts, 7.5, STEPS, seed=3, guidance=guidance) for guidance in METHODS.values()]
-image_grid_figure(torch.cat(rows), ncols=len(prompts), row_labels=list(METHODS), cell=0.9);
+image_grid_figure(torch.cat(rows), ncols=len(prompts), row_labels=list(METHODS), cell=0.9,
+                  col_labels=[p.replace(" on a black background", "") for p in prompts], suptitle="s = 7.5, same noise");
 
 # %% [markdown]
 # ## Binding on coloured backgrounds
@@ -402,5 +403,7 @@ print("s_a = 1 is CFG:", is_cfg, "| s_c = 1 is autoguidance:", is_auto)
 assert is_cfg and is_auto
 
 # %% [markdown]
-# **Next:** the README lists where to go from here: the lesson's own run (`--preset lesson` on a GPU),
-# the benchmarks, and the papers cited in these notebooks.
+# **Next:** the lesson's own run, `python -m lib_cfg train --preset lesson` on a GPU
+# ([docs/lesson-and-gpu.md](../docs/lesson-and-gpu.md)); the papers cited in these notebooks, with where each
+# comes up ([docs/papers.md](../docs/papers.md)); and the measurements behind the library
+# ([docs/benchmarks.md](../docs/benchmarks.md)).

@@ -78,3 +78,13 @@ def test_the_library_never_changes_the_kernel_behind_the_learner():
         source = path.read_text()
         assert "os.chdir" not in source, f"{path.name} changes the working directory"
         assert "input_transformers" not in source, f"{path.name} rewrites cells"
+
+
+def test_log_lines_carry_a_validation_loss_only_when_it_is_new(tmp_path, data_dir):
+    from lib_cfg.bookkeeping import read_log
+
+    config = tiny_config(tmp_path, data_dir, "log", max_steps=40, log_every=10, validate_every=20)
+    ensure_trained(config, silent=True, save_guide=False)
+    lines = read_log(config.checkpoint_dir)
+    assert [line["step"] for line in lines] == [10, 20, 30, 40]
+    assert ["val_loss" in line for line in lines] == [False, True, False, True]
