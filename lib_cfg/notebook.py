@@ -138,8 +138,7 @@ def ensure_trained(config: TrainingConfig, run: Optional[TrainingRun] = None, si
     fields is an error (`check_folder`), never silently reused. With save_guide, a run that passes a quarter of
     its steps also saves `shorter_guide(config)` there, replacing any older one."""
     if is_finished(config):
-        print(f"using the trained model in {config.checkpoint_dir} (notebook 03 trains it; its RETRAIN = True "
-              f"trains it again)")
+        print(f"using the trained model in {config.checkpoint_dir} (delete that folder to train it again)")
         return config.checkpoint_dir
     if os.path.exists(os.path.join(config.checkpoint_dir, "latest")):
         run = build_training(config, resume=config.checkpoint_dir, silent=silent)

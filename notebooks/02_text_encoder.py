@@ -211,7 +211,7 @@ print(torch.allclose(cache(["a red circle on a black background"]), encoder(["a 
 #    `normalize` or `cosine_similarity`. *Check:* the cell after it compares yours with the heatmap's value
 #    for the swapped pair.
 
-# %% tags=["solution"] jupyter={"source_hidden": true}
+# %% jupyter={"source_hidden": true} tags=["solution"]
 # Exercise 4: a worked answer. Replace it with your own, then run the check below.
 def cosine(a, b):
     return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
