@@ -142,15 +142,15 @@ def ensure_trained(config: TrainingConfig, run: Optional[TrainingRun] = None, si
         return config.checkpoint_dir
     if os.path.exists(os.path.join(config.checkpoint_dir, "latest")):
         run = build_training(config, resume=config.checkpoint_dir, silent=silent)
-    elif run is None or run.start_step or run.config != config:
-        run = build_training(config, silent=silent)
+    elif run is None or run.start_step or run.config != config or run.bookkeeping.history["step"]:
+        run = build_training(config, silent=silent)  # (a run that has trained already is not fresh)
     guide = shorter_guide(config)
     if save_guide and run.start_step < guide.max_steps:
         run.bookkeeping.callbacks.insert(-1, SnapshotCallback(guide.max_steps, guide.checkpoint_dir, config))
     todo = config.max_steps - run.start_step
     minutes = todo * seconds_per_step(run) / 60
     print(f"no finished model in {config.checkpoint_dir}: training steps {run.start_step + 1}-{config.max_steps} "
-          f"now ({todo} steps of {config.batch_size} images, about {minutes:.1f} min on this machine, timed on "
-          f"two steps; the bar below shows the time left)")
+          f"now ({todo} steps of {config.batch_size} images: about {minutes:.1f} min of steps on this machine, timed "
+          f"on two, plus validation and checkpoints; the bar below shows the time left)")
     run.train(silent)
     return config.checkpoint_dir

@@ -42,14 +42,14 @@
 # | resolution | 32x32 | 16x16 | a shape reads at 16x16; 4x fewer pixels |
 # | UNet | 14.68M parameters | 4.18M (printed below) | CPU minutes, not GPU minutes |
 # | steps, batch | 20 000 x 16 | 400 x 64 (`make run`: 450) | enough to meet the adherence bar (s = 3: colour >= 95%, shape >= 85%; notebook 04 checks it for this run: 108 and 107 of 108 images) |
-# | loss | MSE on the noise | MSE on the noise, each image weighted by $\min(\mathrm{SNR}_t, 5) / \mathrm{SNR}_t$ (Min-SNR-5, `snr_gamma = 5`) | the bar in 300 steps instead of 450, samples closer to the data there (the README's recipe table); `snr_gamma = 0` is the lesson's loss |
+# | loss | MSE on the noise | MSE on the noise, each image weighted by $\min(\mathrm{SNR}_t, 5) / \mathrm{SNR}_t$ (Min-SNR-5, `snr_gamma = 5`) | the bar at step 300 of a 450-step run instead of step 450, samples closer to the data there (the recipe table in `docs/benchmarks.md`); `snr_gamma = 0` is the lesson's loss |
 # | sampling | left to its next tutorial | DDPM respaced to 25 steps (`sampler`, `num_inference_steps`) | 40x fewer model calls than all 1000 steps; notebook 04 measures the samplers |
 # | time | 20-30 min on an A10 GPU (final loss 0.0426) | minutes on a laptop CPU (printed below) | |
 #
 # The architecture (guided-diffusion's UNet), the conditioning (`text_proj` + `null_text_embed`),
 # `text_drop_prob = 0.2`, `num_denoising_steps = 1000`, the MSE on the noise and the gradient clipping
 # are the lesson's, and so are the linear betas (`beta_schedule`) and the uniformly drawn timesteps
-# (`timestep_sampling`): the README's recipe table says why the cosine schedule and logit-normal timesteps
+# (`timestep_sampling`): the recipe table in `docs/benchmarks.md` says why the cosine schedule and logit-normal timesteps
 # were measured and not kept. The cell below prints both presets' fields next to the lesson's values. The lesson's
 # own run is the `lesson` preset, on a CUDA machine with access to the Hub:
 #
@@ -77,7 +77,6 @@ from lib_cfg.notebook import ROOT, setup, show
 
 os.chdir(ROOT)  # run from the repository root: data/ and checkpoints/ are the command line's too
 config = setup(PRESET)
-RETRAIN = False  # True: delete this run (and its guide snapshot) and train it from scratch
 
 # %%
 # The lesson's TrainingConfig, as its notebook sets it (the course's presets keep its field names).
@@ -101,10 +100,10 @@ print(f"{'UNet parameters':>20} | {'14.68M':>32} | " + " | ".join(f"{p:31.2f}M" 
 
 # %% [markdown]
 # The `lesson` preset trains with the lesson's recipe: AdamW at a constant 5e-4, weight decay 1e-6,
-# fp32, 10% of the data held out, samples from the raw weights (`ema_decay` 0). What still differs is
+# fp32, 10% of the data held out, samples from the raw weights (`ema_decay` 0: no exponential moving average). What still differs is
 # the UNet: 14.56M parameters where the lesson reports 14.68M (the table's last line). The course's
 # `quick` preset departs on purpose, to train in minutes on a CPU: a warm-up and cosine decay at a
-# higher rate, bf16 where the hardware computes it natively, an EMA of the weights for sampling, and the
+# higher rate, bf16 where the hardware computes it natively, an exponential moving average (EMA) of the weights for sampling, and the
 # Min-SNR-5 loss weights (`snr_gamma`). Exercise 4 switches the last back.
 #
 # ## The model: what the lesson adds
@@ -216,9 +215,12 @@ assert torch.equal(mine(time_emb, captions, mask), emb_library), "TextConditioni
 # is in `lib_cfg/train.py`.
 
 # %%
+import copy
+
 from lib_cfg.train import build_training
 
 run = build_training(config)
+initial_weights = copy.deepcopy(run.model.state_dict())  # the fresh model, for the hand-written steps below
 print(f"{len(run.train_ds)} training and {len(run.val_ds)} validation images; "
       f"caption embeddings: {run.embed.text_embed_dim}-d; EMA kept: {run.ema_model is not None}")
 
@@ -294,7 +296,6 @@ def lesson_training_step(model, optimizer, x0, text_embeddings, noise_schedule, 
 
 # %%
 # NBVAL_CHECK_OUTPUT
-import copy
 from dataclasses import replace
 
 from lib_cfg.train import make_optimizer, training_step
@@ -304,6 +305,7 @@ x0, meta = next(iter(run.train_dataloader))
 device = next(run.model.parameters()).device
 x0, text = x0.to(device), run.embed(meta["text"])
 yours, library = copy.deepcopy(run.model), copy.deepcopy(run.model)
+yours.load_state_dict(initial_weights), library.load_state_dict(initial_weights)
 with torch.random.fork_rng():  # so that `run` below trains exactly as `python -m lib_cfg train` does
     torch.manual_seed(1)
     loss_yours = lesson_training_step(yours, make_optimizer(yours, lesson_recipe), x0, text, run.noise_schedule,
@@ -327,6 +329,7 @@ assert torch.equal(loss_yours, loss_library) and same_weights
 from tqdm.auto import tqdm
 
 model = copy.deepcopy(run.model)
+model.load_state_dict(initial_weights)  # from the fresh weights, even after `run` has trained
 optimizer = make_optimizer(model, lesson_recipe)  # a constant learning rate, as in the lesson
 losses = []
 with torch.random.fork_rng():
@@ -339,6 +342,7 @@ with torch.random.fork_rng():
 print(f"loss: step 1 {losses[0]:.3f}, step 10 {losses[9]:.3f}, step 30 {losses[-1]:.3f}")
 assert 0.8 < losses[0] < 1.2 and losses[-1] < losses[0]
 
+# %% [markdown]
 # ## We train
 #
 # `run.train()` is that loop with the library's step and the bookkeeping around it
@@ -346,10 +350,11 @@ assert 0.8 < losses[0] < 1.2 and losses[-1] < losses[0]
 # its cached embeddings, the learning rate (a warm-up, then cosine decay), the step, then the callbacks: an
 # exponential moving average (EMA) of the weights, log lines, validation loss, sample grids, checkpoints.
 # It also catches Ctrl-C: **interrupting the kernel is safe**, the step in progress finishes, a checkpoint
-# is saved, and running this cell again continues from it. A finished run is loaded, not retrained: if
-# notebook 01 ran first, it trained this model already, and the cell says so (set `RETRAIN = True` to watch
-# it train again; that deletes the run and its guide snapshot). Before it starts, `ensure_trained` times two
-# steps and prints an estimate; the progress bar then counts down. On the way, at a quarter of the steps,
+# is saved, and running this cell again continues from it. A finished run is not retrained (the cells
+# below read it from disk): if notebook 01 ran first, it trained this model already, and the cell says so
+# (set `RETRAIN = True` in the cell to watch it train again; that deletes the run and its guide snapshot).
+# Before it starts, `ensure_trained` times two steps and prints an estimate of the steps' time (validation,
+# sample grids and checkpoints come on top); the progress bar then counts down. On the way, at a quarter of the steps,
 # it also saves the model as it is then (`shorter_guide`): notebook 06 guides with that weaker version of it.
 
 # %%
@@ -357,6 +362,7 @@ assert 0.8 < losses[0] < 1.2 and losses[-1] < losses[0]
 # NBVAL_IGNORE_OUTPUT
 from lib_cfg.notebook import ensure_trained, remove_run
 
+RETRAIN = False  # True: delete this run and its quarter-way snapshot (notebook 06's guide), and train it again
 if RETRAIN:
     remove_run(config)  # the run and its quarter-way guide snapshot (notebook 06)
 ensure_trained(config, run)  # trains `run` unless a finished (or an interrupted) run is already on disk
@@ -389,7 +395,8 @@ assert late < early / (5 if len(loss) >= 200 else 1.2)  # a 40-step `lesson-smok
 #
 # ## Samples written during training
 #
-# Every `sample_every` steps a callback samples the same prompts from the same noise (guidance s = 3):
+# Every `sample_every` steps, and at the last step, a callback samples the same prompts from the same noise
+# (guidance s = 3). On `quick` (`sample_every` 500) this run's 400 steps leave one grid, the last:
 
 # %%
 import glob
@@ -431,7 +438,10 @@ assert is_finished(config)
 # ## Exercises
 #
 # Each can be run on the short `ci` preset in a few minutes (`--preset ci`); compare with the `ci` run
-# of the same command without the change.
+# of the same command without the change. Run the commands in a terminal at the repository root, after
+# `source .venv/bin/activate` (JupyterLab's terminal, from `make lab`, opens there).
+# Or train from a cell: `ensure_trained(setup(PRESET, text_drop_prob=0.5))` trains into a folder named for
+# the change (`checkpoints/quick-course-text_drop_prob=0.5`) and leaves the course's model alone.
 #
 # 1. **No caption dropout.** Train with `p_uncond = 0`:
 #    `python -m lib_cfg train --preset ci --text_drop_prob 0 --checkpoint_dir checkpoints/ex-p0`, then
@@ -440,7 +450,7 @@ assert is_finished(config)
 #    never trained: what does the s = 0 row (the "unconditional" model) look like, and does guidance
 #    at s = 3 still help? With 0.5, does s = 1 lose adherence while s = 3 keeps it?
 # 2. **Zeros instead of a learned null embedding.** Load this notebook's model
-#    (`model, _ = lib_cfg.checkpoint.load_model(config.checkpoint_dir)`), make a few noisy images
+#    (`from lib_cfg.checkpoint import load_model`, then `model, _ = load_model(config.checkpoint_dir)`), make a few noisy images
 #    (`n = 8; x_t = torch.randn(n, 3, 16, 16); t = torch.full((n,), 500)`) and compare
 #    `model(x_t, t, None)` with `model(x_t, t, torch.zeros(n, 384))`. *Check:* print the mean absolute
 #    difference of the two predictions, and the same for two different captions: to the trained
@@ -448,13 +458,13 @@ assert is_finished(config)
 #    `null_text_embed` to zeros with `requires_grad_(False)` before the first step.)
 # 3. **Gradient clipping off** (the lesson: "try commenting it out"). Train with
 #    `--grad_clip 1e9 --checkpoint_dir checkpoints/ex-noclip` and plot both runs' per-step loss,
-#    `lib_cfg.checkpoint.load_trainer_state(folder)["history"]["loss"]`. *Check:* compare the first 100
-#    steps, where the learning rate is highest: does the loss spike, and does the final validation loss
+#    `load_trainer_state(folder)["history"]["loss"]` (`from lib_cfg.checkpoint import load_trainer_state`).
+#    *Check:* compare the steps just after the warm-up (20 steps on `ci`), where the learning rate is highest: does the loss spike, and does the final validation loss
 #    (`["history"]["val_loss"]`) change?
 # 4. **The lesson's loss.** Train without the Min-SNR weights, `--snr_gamma 0 --checkpoint_dir checkpoints/ex-mse`,
 #    and evaluate both runs at `--scales 3`. *Check:* which is closer to the data (`fid`) and which follows the
 #    prompt better at this step count? Then try `--beta_schedule cosine` or `--timestep_sampling logit_normal`,
-#    the levers the README measured and did not keep.
+#    the levers `docs/benchmarks.md` measured and did not keep.
 #
 # 5. **Min-SNR in your own step** (a cell to complete, below). The course's `quick` preset weights each
 #    image's loss by $\min(\mathrm{SNR}_t, \gamma) / \mathrm{SNR}_t$ with $\gamma$ = `snr_gamma` = 5, where
@@ -487,9 +497,16 @@ def min_snr_training_step(model, optimizer, x0, text_embeddings, noise_schedule,
 # %%
 # NBVAL_CHECK_OUTPUT
 # The check: your step and the library's, from the same seed, on the course's loss in fp32.
+import copy
+from dataclasses import replace
+
+from lib_cfg.train import make_optimizer, training_step
+
 min_snr = replace(config, snr_gamma=5.0, mixed_precision="no")
 yours, library = copy.deepcopy(run.model), copy.deepcopy(run.model)
 with torch.random.fork_rng():
+    x0, meta = next(iter(run.train_dataloader))  # a batch and its captions' embeddings
+    x0, text = x0.to(next(run.model.parameters()).device), run.embed(meta["text"])
     torch.manual_seed(2)
     a = min_snr_training_step(yours, make_optimizer(yours, min_snr), x0, text, run.noise_schedule, min_snr)
     torch.manual_seed(2)

@@ -125,9 +125,13 @@ for prompt in ["a magenta triangle on a black background", "a green circle on a 
 # - **fidelity**: do the samples look like the data? The judge cannot say: it reads colour and shape, and
 #   calls a red blob in pixel noise a red circle. `Fidelity` gives a Fréchet distance (`fid`, lower is
 #   closer) between features of the samples and of held-out real images, the features coming from a small
-#   network trained on this project's shapes (no downloaded Inception weights, as in the fastai course), and
+#   network trained on this project's shapes (the fastai course's approach: its own network's features,
+#   not the usual downloaded Inception weights), and
 #   `speckle` the pixel noise (mean distance of a pixel from its 3x3 median). A finite sample never scores
 #   0, so both are read against real images, as many as the samples, drawn for the same prompts: the floor.
+#
+# Two more columns matter at large $s$ (notebook 05): `saturation`, the mean HSV saturation of the object's
+# pixels, and `clipped`, the share of their channel values pinned at an end of the range.
 
 # %%
 show(Fidelity.fid)
@@ -205,7 +209,7 @@ if has_attributes(config):  # the judge checks colour and shape
 #   px at $s = 1$, 0.80 px at $s = 3$, 0.52 px at $s = 10$. Guided samples of one prompt put a same-sized
 #   shape in more and more the same place.
 # - **Fidelity** has a best point in between. The unconditional model's samples are far from the data
-#   (63.54 at $s = 0$: it learns from the fifth of the batches whose caption was dropped); guidance first
+#   (63.54 at $s = 0$: it learns "no caption" from the fifth of the training images whose caption was dropped); guidance first
 #   brings them closer, 8.36 at $s = 1$ and 6.51 at $s = 1.5$, then pushes them away again, 13.34 at
 #   $s = 3$ and 35.21 at $s = 10$. Speckle rises with it (0.0191 at $s = 0$, 0.0198 at
 #   $s = 3$, 0.0282 at $s = 10$; real images 0.0052), and so does clipping (0.005 to 0.062).
@@ -266,7 +270,7 @@ print("the empty string at s=7.5 equals s=0:", torch.allclose(empty_rows[2], emp
 #   model's own prediction. `eta = 1` is the DDPM step again; values between mix the two.
 #
 # The table samples the same prompts from the same noise at $s = 3$ with each, and measures time,
-# adherence, fidelity and speckle (share `speckled`: images above the level that looks like pixel noise).
+# adherence, fidelity and speckle (share `speckled`: images with speckle above 0.03, where they look like pixel noise; real images: 0.005).
 # First the whole DDIM `step`: with `eta = 1` its `std` is the DDPM step's, with `eta = 0` it is zero.
 
 # %%
@@ -274,8 +278,9 @@ show(DDIMSampler.step)
 
 # %%
 if has_attributes(config):  # the judge checks colour and shape
-    from lib_cfg.evaluation import attribute_accuracy, judge
+    from lib_cfg.evaluation import attribute_accuracy, evaluation_prompts, judge
 
+    fidelity = Fidelity(config)  # (built again here, so this section runs without the trade-off above)
     SAMPLER_N = 1 if PRESET == "ci" else 2  # samples per prompt (x 18 prompts): DDPM 1000 takes ~3 s an image
     SAMPLERS = [("DDPM", "ddpm", 1000, 0.0), ("DDPM", "ddpm", 50, 0.0), ("DDPM", "ddpm", 25, 0.0),
                 ("DDPM", "ddpm", 10, 0.0), ("DDIM eta 0", "ddim", 50, 0.0), ("DDIM eta 0", "ddim", 10, 0.0),
@@ -284,34 +289,34 @@ if has_attributes(config):  # the judge checks colour and shape
         SAMPLERS = [row for row in SAMPLERS if row[2] <= 50]  # CI's short run: no 1000-step row
     if ("DDPM", "ddpm", pipe.config.num_inference_steps, 0.0) not in SAMPLERS:  # the default is always a row
         SAMPLERS.insert(1, ("DDPM", "ddpm", pipe.config.num_inference_steps, 0.0))
-    texts, targets = evaluation_prompts(SAMPLER_N)
-    real = fidelity.real_images(targets)
+    sampler_texts, sampler_targets = evaluation_prompts(SAMPLER_N)
+    sampler_real = fidelity.real_images(sampler_targets)
     samplers, grid = {}, {}
     for name, kind, steps, eta in SAMPLERS:
         t0 = time.perf_counter()
-        images = pipe(texts, 3, steps, seed=0, sampler=kind, eta=eta)
+        images = pipe(sampler_texts, 3, steps, seed=0, sampler=kind, eta=eta)
         seconds = time.perf_counter() - t0
-        samplers[f"{name} {steps}"] = dict(seconds=seconds, **attribute_accuracy(judge(images), targets),
+        samplers[f"{name} {steps}"] = dict(seconds=seconds, **attribute_accuracy(judge(images), sampler_targets),
                                            fid=fidelity.fid(images), **speckle_stats(images))
         grid[f"{name} {steps}"] = images[::SAMPLER_N][:6]  # one sample of six prompts
-    print(f"s = 3, {len(texts)} images per sampler")
+    print(f"s = 3, {len(sampler_texts)} images per sampler")
     print("sampler          |  time s | color | shape |    fid | speckle | speckled")
     for name, r in samplers.items():
         print(f"{name:16} | {r['seconds']:7.1f} | {r['color']:5.0%} | {r['shape']:5.0%} | {r['fid']:6.2f} | "
               f"{r['speckle']:7.4f} | {r['speckled']:8.0%}")
-    print(f"{'real images':16} | {'':7} | {'':5} | {'':5} | {fidelity.fid(real):6.2f} | {float(speckle(real).mean()):7.4f} |")
+    print(f"{'real images':16} | {'':7} | {'':5} | {'':5} | {fidelity.fid(sampler_real):6.2f} | {float(speckle(sampler_real).mean()):7.4f} |")
 
 # %%
 if has_attributes(config):  # the judge checks colour and shape (the cell above draws these samples)
     image_grid_figure(torch.cat(list(grid.values())), ncols=6, row_labels=list(grid), suptitle="s = 3, same noise",
-                      col_labels=[p.replace(" on a black background", "") for p in texts[::SAMPLER_N][:6]]);
+                      col_labels=[p.replace(" on a black background", "") for p in sampler_texts[::SAMPLER_N][:6]]);
 
 # %% [markdown]
 # What the stored run shows (36 images; the grid above has one sample of each of six prompts):
 #
 # - **Respacing is where the speed comes from.** DDPM 1000 took 91.2 s, DDPM respaced to 25 steps 2.3 s,
 #   and they are alike: shape 100% and 97%, `fid` 14.70 and 14.47. On 36 images (real images: 2.17)
-#   the distance tells apart only large differences; the README's benchmark, on 108 images and two seeds,
+#   the distance tells apart only large differences; the benchmark in `docs/benchmarks.md` (on `make run`'s 450-step model, 108 images and two seeds)
 #   puts DDPM 25 at 18.5 against DDPM 1000's 15.9, a little further than the two seeds differ.
 # - **A deterministic sampler needs an accurate model.** DDIM with `eta = 0` leaves 69% of its images
 #   speckled (speckle 0.0714 at 50 steps, 0.0763 at 10; DDPM 25: 0.0197 and none speckled), and taking
@@ -329,10 +334,10 @@ if has_attributes(config):  # the judge checks colour and shape (the cell above 
 # %%
 if has_attributes(config):  # the judge checks colour and shape
     default = f"DDPM {pipe.config.num_inference_steps}"
-    real_speckle = float(speckle(real).mean())
+    sampler_real_speckle = float(speckle(sampler_real).mean())
     print(f"the default ({default}): speckle {samplers[default]['speckle']:.4f} = "
-          f"{samplers[default]['speckle'] / real_speckle:.1f}x real images'; DDIM eta 0 10: "
-          f"{samplers['DDIM eta 0 10']['speckle'] / real_speckle:.1f}x")
+          f"{samplers[default]['speckle'] / sampler_real_speckle:.1f}x real images'; DDIM eta 0 10: "
+          f"{samplers['DDIM eta 0 10']['speckle'] / sampler_real_speckle:.1f}x")
     if PRESET == "quick":  # the claim of the prose, about the stored run's trained model
         assert samplers[default]["speckle"] < samplers["DDIM eta 0 10"]["speckle"], samplers
 
@@ -379,9 +384,9 @@ ShowImage(panel.image.value)
 #    *Check:* `torch.allclose(a, b, atol=1e-4)` is True (the batched pass rounds a little differently):
 #    the formula is linear in $s$.
 # 3. **How few steps?** Sample the 108 evaluation prompts at $s = 3$ with DDPM 5, 10, 25 and 50 steps
-#    (`pipe(texts, 3, steps, seed=0)`) and measure `fidelity.fid` and `speckle` for each.
+#    (`texts, targets = evaluation_prompts(6)`, then `pipe(texts, 3, steps, seed=0)`) and measure `fidelity.fid` and `speckle` for each.
 #    *Check:* plot both against steps; where do they stop improving? Is it where adherence stops?
-# 4. **Another variety measure.** Replace `layout_variety` by `lib_cfg.evaluation.diversity` (pixel
+# 4. **Another variety measure.** Replace `layout_variety` by `diversity` (`from lib_cfg.evaluation import diversity`; pixel
 #    distance between samples of one prompt). *Check:* does it fall between $s = 0$ and $s = 1$? Why does
 #    that measure count prompt-following as variety?
 # 5. **The mix is linear in $s$** (exercise 2 as a cell to complete, below). Compute `halfway`, the eps at

@@ -23,7 +23,7 @@ def test_a_folder_trained_with_other_fields_is_refused_and_the_fields_named(tmp_
     config = tiny_config(tmp_path, data_dir, "run", max_steps=4)
     ensure_trained(config, silent=True)
     out = capsys.readouterr().out
-    assert re.search(r"training steps 1-4 now \(4 steps of 16 images, about [\d.]+ min on this machine", out), out
+    assert re.search(r"training steps 1-4 now \(4 steps of 16 images: about [\d.]+ min of steps on this machine", out), out
     assert differences(config) == {} and is_finished(config)
     # where, how long and how visibly do not count: the same model
     assert is_finished(replace(config, log_every=1, num_inference_steps=7))
@@ -88,3 +88,21 @@ def test_log_lines_carry_a_validation_loss_only_when_it_is_new(tmp_path, data_di
     lines = read_log(config.checkpoint_dir)
     assert [line["step"] for line in lines] == [10, 20, 30, 40]
     assert ["val_loss" in line for line in lines] == [False, True, False, True]
+
+
+def test_a_run_that_has_trained_is_not_trained_again_on_top(tmp_path, data_dir):
+    """Notebook 03 hands its `run` to ensure_trained; after RETRAIN (the folder deleted) the same cell must train
+    a fresh model, not 4 more steps on the trained one: the weights equal the first training's."""
+    import torch
+
+    from lib_cfg.checkpoint import load_model
+    from lib_cfg.train import build_training
+
+    config = tiny_config(tmp_path, data_dir, "twice", max_steps=4)
+    run = build_training(config, silent=True)
+    ensure_trained(config, run, silent=True)
+    first, _ = load_model(config.checkpoint_dir, "cpu")
+    remove_run(config)
+    ensure_trained(config, run, silent=True)
+    again, _ = load_model(config.checkpoint_dir, "cpu")
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
