@@ -314,7 +314,7 @@ if has_attributes(config):  # the judge checks colour and shape (the cell above 
 # %% [markdown]
 # What the stored run shows (36 images; the grid above has one sample of each of six prompts):
 #
-# - **Respacing is where the speed comes from.** DDPM 1000 took 91.2 s, DDPM respaced to 25 steps 2.3 s,
+# - **Respacing is where the speed comes from.** DDPM 1000 took 92.2 s, DDPM respaced to 25 steps 2.4 s,
 #   and they are alike: shape 100% and 97%, `fid` 14.70 and 14.47. On 36 images (real images: 2.17)
 #   the distance tells apart only large differences; the benchmark in `docs/benchmarks.md` (on `make run`'s 450-step model, 108 images and two seeds)
 #   puts DDPM 25 at 18.5 against DDPM 1000's 15.9, a little further than the two seeds differ.
