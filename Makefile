@@ -19,7 +19,7 @@ SCALES := 0 1 3 5 7.5
 run: .venv/.installed train grid evaluate
 
 lab: .venv/.installed
-	$(PY) -m jupyter lab --ServerApp.root_dir=. --ServerApp.default_url=/lab/tree/notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
+	$(PY) -m jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 # Resumes the run if one was interrupted (or skips ahead if it already finished).
 train: .venv/.installed
