@@ -21,7 +21,7 @@ from typing import Dict, Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import MODEL_FIELDS, TrainingConfig
+from .config import MODEL_FIELDS, TrainingConfig, differing_fields
 from .model import create_unet_model
 
 FORMAT = "lib_cfg-checkpoint-v1"
@@ -131,7 +131,7 @@ def load_trainer_state(path: str) -> Dict:
 
 def check_compatible(saved: TrainingConfig, config: TrainingConfig, path: str) -> None:
     """Refuse a checkpoint whose model-defining fields differ from `config`, naming each difference."""
-    diff = {f: (getattr(saved, f), getattr(config, f)) for f in MODEL_FIELDS if getattr(saved, f) != getattr(config, f)}
+    diff = differing_fields(saved, config, MODEL_FIELDS)
     if diff:
         raise ValueError(f"the checkpoint {path} does not fit this config: "
                          + "; ".join(f"{f}: checkpoint {a!r}, config {b!r}" for f, (a, b) in diff.items())

@@ -256,6 +256,13 @@ def fields_of(kind: Dict[str, str]) -> Tuple[str, ...]:
 
 
 MODEL_FIELDS, RUNTIME_FIELDS = fields_of(MODEL), fields_of(RUNTIME)
+# what a run trains: the model and the recipe (every field but where, how long and how visibly)
+TRAINED_FIELDS = tuple(f.name for f in fields(TrainingConfig) if f.name not in RUNTIME_FIELDS)
+
+
+def differing_fields(saved: TrainingConfig, wanted: TrainingConfig, names) -> Dict[str, Tuple[Any, Any]]:
+    """{field: (saved value, wanted value)} for each of `names` where the two configs differ."""
+    return {f: (getattr(saved, f), getattr(wanted, f)) for f in names if getattr(saved, f) != getattr(wanted, f)}
 
 
 def preset_of(config: TrainingConfig):

@@ -17,7 +17,8 @@ import torch
 
 from .bookkeeping import SnapshotCallback
 from .checkpoint import load_config, load_trainer_state, resolve_checkpoint
-from .config import RUNTIME_FIELDS, SYNTHETIC_BG_DATASET, SYNTHETIC_DATASET, TrainingConfig, get_preset
+from .config import (RUNTIME_FIELDS, SYNTHETIC_BG_DATASET, SYNTHETIC_DATASET, TRAINED_FIELDS, TrainingConfig,
+                     differing_fields, get_preset)
 from .train import TrainingRun, build_training, make_optimizer, training_step
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository (lib_cfg is installed editable)
@@ -79,8 +80,7 @@ def differences(config: TrainingConfig) -> dict:
         saved = load_config(config.checkpoint_dir)
     except FileNotFoundError:
         return {}
-    ours = config.to_dict()
-    return {k: (v, ours[k]) for k, v in saved.to_dict().items() if k not in RUNTIME_FIELDS and ours.get(k) != v}
+    return differing_fields(saved, config, TRAINED_FIELDS)
 
 
 def check_folder(config: TrainingConfig) -> None:
