@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Dict, Tuple
 
@@ -232,7 +233,14 @@ def resolve_device(device: str) -> str:
 @functools.lru_cache(maxsize=None)  # read /proc/cpuinfo once, not at every training step
 def cpu_has_native_bf16() -> bool:
     """True on CPUs with bf16 instructions (AVX512-BF16 or AMX): there bf16 convolutions run about twice
-    as fast as fp32. Elsewhere oneDNN would emulate bf16, which is slower than fp32."""
+    as fast as fp32. Elsewhere oneDNN would emulate bf16, which is slower than fp32. A cap on the
+    instructions oneDNN or ATen may use (ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2: how an
+    AVX2-only CPU is imitated) takes the bf16 instructions away too, so it counts as none."""
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "ALL")).upper()
+    if onednn not in ("", "ALL", "DEFAULT") and not any(k in onednn for k in ("BF16", "AMX", "AVX10")):
+        return False
+    if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx2"):
+        return False
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()

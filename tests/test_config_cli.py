@@ -158,3 +158,34 @@ def test_cli_eta_needs_the_ddim_sampler(ci_run, capsys):
         runs[name] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["3"]
     # the ci preset samples with DDPM by default; DDIM with eta 1 is the same step with the same noise
     assert runs["ddim"] != runs["default"] and runs["ddim eta 1"]["speckle"] == pytest.approx(runs["default"]["speckle"], rel=1e-3)
+
+
+@pytest.mark.parametrize("env", [{"ONEDNN_MAX_CPU_ISA": "AVX2"}, {"DNNL_MAX_CPU_ISA": "avx512_core"},
+                                 {"ATEN_CPU_CAPABILITY": "avx2"}])
+def test_a_capped_instruction_set_means_no_native_bf16(monkeypatch, env):
+    """Imitating an AVX2-only CPU with these variables must make mixed_precision="auto" train in fp32."""
+    from lib_cfg.config import cpu_has_native_bf16, use_bf16
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    cpu_has_native_bf16.cache_clear()
+    try:
+        assert not cpu_has_native_bf16()
+        assert not use_bf16("cpu", "auto")
+        assert use_bf16("cpu", "bf16")  # asking for bf16 outright still gets it
+    finally:
+        monkeypatch.undo()
+        cpu_has_native_bf16.cache_clear()
+
+
+def test_an_uncapped_or_bf16_instruction_set_reads_the_cpu(monkeypatch):
+    from lib_cfg.config import cpu_has_native_bf16
+    for value in ("ALL", "AVX512_CORE_BF16", "AVX512_CORE_AMX"):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", value)
+        monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+        cpu_has_native_bf16.cache_clear()
+        flags = open("/proc/cpuinfo").read()
+        assert cpu_has_native_bf16() == (" avx512_bf16" in flags or " amx_bf16" in flags)
+    monkeypatch.undo()
+    cpu_has_native_bf16.cache_clear()
