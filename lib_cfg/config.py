@@ -230,22 +230,26 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def _cpu_flags() -> str:
+    """The flags lines of /proc/cpuinfo ("" where there is none: not Linux, so do not guess)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 @functools.lru_cache(maxsize=None)  # read /proc/cpuinfo once, not at every training step
 def cpu_has_native_bf16() -> bool:
     """True on CPUs with bf16 instructions (AVX512-BF16 or AMX): there bf16 convolutions run about twice
     as fast as fp32. Elsewhere oneDNN would emulate bf16, which is slower than fp32. A cap on the
-    instructions oneDNN or ATen may use (ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2: how an
-    AVX2-only CPU is imitated) takes the bf16 instructions away too, so it counts as none."""
+    instructions oneDNN may use below its bf16 ones (ONEDNN_MAX_CPU_ISA=AVX2: how an AVX2-only CPU is
+    imitated) takes them away, so it counts as none."""
     onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "ALL")).upper()
-    if onednn not in ("", "ALL", "DEFAULT") and not any(k in onednn for k in ("BF16", "AMX", "AVX10")):
+    # every oneDNN level from AVX512_CORE_BF16 up names BF16, AMX, FP16 (AVX512_CORE_FP16) or AVX10
+    if onednn not in ("", "ALL", "DEFAULT") and not any(k in onednn for k in ("BF16", "AMX", "FP16", "AVX10")):
         return False
-    if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx2"):
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:  # not Linux: do not guess
-        return False
+    flags = _cpu_flags()
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 

@@ -160,32 +160,35 @@ def test_cli_eta_needs_the_ddim_sampler(ci_run, capsys):
     assert runs["ddim"] != runs["default"] and runs["ddim eta 1"]["speckle"] == pytest.approx(runs["default"]["speckle"], rel=1e-3)
 
 
-@pytest.mark.parametrize("env", [{"ONEDNN_MAX_CPU_ISA": "AVX2"}, {"DNNL_MAX_CPU_ISA": "avx512_core"},
-                                 {"ATEN_CPU_CAPABILITY": "avx2"}])
-def test_a_capped_instruction_set_means_no_native_bf16(monkeypatch, env):
-    """Imitating an AVX2-only CPU with these variables must make mixed_precision="auto" train in fp32."""
-    from lib_cfg.config import cpu_has_native_bf16, use_bf16
-    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+@pytest.fixture
+def bf16_cpu(monkeypatch):
+    """A CPU that /proc/cpuinfo says has AVX512-BF16, whatever this machine has; no cap set."""
+    from lib_cfg import config
+    monkeypatch.setattr(config, "_cpu_flags", lambda: "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n")
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
         monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    cpu_has_native_bf16.cache_clear()
-    try:
-        assert not cpu_has_native_bf16()
-        assert not use_bf16("cpu", "auto")
-        assert use_bf16("cpu", "bf16")  # asking for bf16 outright still gets it
-    finally:
-        monkeypatch.undo()
-        cpu_has_native_bf16.cache_clear()
+    config.cpu_has_native_bf16.cache_clear()
+    yield config
+    config.cpu_has_native_bf16.cache_clear()  # before monkeypatch restores the real flags
 
 
-def test_an_uncapped_or_bf16_instruction_set_reads_the_cpu(monkeypatch):
-    from lib_cfg.config import cpu_has_native_bf16
-    for value in ("ALL", "AVX512_CORE_BF16", "AVX512_CORE_AMX"):
-        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", value)
-        monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
-        cpu_has_native_bf16.cache_clear()
-        flags = open("/proc/cpuinfo").read()
-        assert cpu_has_native_bf16() == (" avx512_bf16" in flags or " amx_bf16" in flags)
-    monkeypatch.undo()
-    cpu_has_native_bf16.cache_clear()
+@pytest.mark.parametrize("name,value", [("ONEDNN_MAX_CPU_ISA", "AVX2"), ("ONEDNN_MAX_CPU_ISA", "avx2_vnni"),
+                                        ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI"), ("DNNL_MAX_CPU_ISA", "avx512_core")])
+def test_a_cap_below_bf16_means_fp32_on_a_bf16_cpu(bf16_cpu, monkeypatch, name, value):
+    """Imitating an AVX2-only CPU this way must make mixed_precision="auto" train in fp32."""
+    monkeypatch.setenv(name, value)
+    assert not bf16_cpu.cpu_has_native_bf16()
+    assert not bf16_cpu.use_bf16("cpu", "auto")
+    assert bf16_cpu.use_bf16("cpu", "bf16")  # asking for bf16 outright still gets it
+
+
+@pytest.mark.parametrize("value", ["ALL", "", "AVX512_CORE_BF16", "avx512_core_fp16", "AVX10_1_512", "AVX512_CORE_AMX"])
+def test_no_cap_or_a_cap_with_bf16_keeps_bf16(bf16_cpu, monkeypatch, value):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", value)
+    assert bf16_cpu.cpu_has_native_bf16()
+    assert bf16_cpu.use_bf16("cpu", "auto")
+
+
+def test_a_cpu_without_bf16_flags_gets_fp32(bf16_cpu, monkeypatch):
+    monkeypatch.setattr(bf16_cpu, "_cpu_flags", lambda: "flags\t\t: fpu avx2 fma\n")
+    assert not bf16_cpu.cpu_has_native_bf16()
