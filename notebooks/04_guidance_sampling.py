@@ -306,8 +306,8 @@ if has_attributes(config):  # the judge checks colour and shape
                                            **attribute_accuracy(judge(images), sampler_targets[:n]),
                                            fid=fidelity.fid(images) if n == len(sampler_texts) else None,
                                            speckle_six=float(speckle(images[:REFERENCE_N]).mean()), **speckle_stats(images))
-        grid[f"{name} {steps}"] = images[:6]  # six prompts, one sample each
-    print(f"s = 3, the same starting noise" + (f"; no fid on {REFERENCE_N} images (it estimates a covariance of 32 "
+        grid[f"{name} {steps}"] = images[:REFERENCE_N]  # six prompts, one sample each
+    print("s = 3, the same starting noise" + (f"; no fid on {REFERENCE_N} images (it estimates a covariance of 32 "
                                                 "features)" if "DDPM 1000" in samplers else ""))
     print("sampler          | images | s/image | color | shape |    fid | speckle | speckled")
     for name, r in samplers.items():
@@ -320,7 +320,7 @@ if has_attributes(config):  # the judge checks colour and shape
 # %%
 if has_attributes(config):  # the judge checks colour and shape (the cell above draws these samples)
     image_grid_figure(torch.cat(list(grid.values())), ncols=6, row_labels=list(grid), suptitle="s = 3, same noise",
-                      col_labels=[p.replace(" on a black background", "") for p in sampler_texts[:6]]);
+                      col_labels=[p.replace(" on a black background", "") for p in sampler_texts[:REFERENCE_N]]);
 
 # %% [markdown]
 # Six images cannot say whether DDPM 1000 is closer to the data than DDPM 25. `python -m lib_cfg.bench`
@@ -346,9 +346,8 @@ print(f"{'real images':15} | {'':7} | {record['real']['fid']:6.2f} | {'':16} | {
 #   0.0208 and 0.0178 (the cell below). Six images are too few for a Fréchet distance; in the
 #   benchmark record (108 images a seed) DDPM 25's two seeds, 18.95 and 17.97, lie above DDPM 1000's
 #   15.86 by 3.1 and 2.1, about what two seeds of one sampler can differ (DDIM 50 eta 0: 17.32 and
-#   14.35). A little further from the data,
-#   at a 34th of the cost in the record. (DDPM 1000's time an image is higher here than in the record, 2.613 s: six
-#   images make a small batch.)
+#   14.35): a little further from the data, at 0.078 s an image against 2.613 s. (DDPM 1000's time an
+#   image is higher here than in the record: six images make a small batch.)
 # - **A deterministic sampler needs an accurate model.** DDIM with `eta = 0` leaves 69% of its images
 #   speckled at 50 steps and 72% at 10 (speckle 0.0728 and 0.0776; DDPM 25: 0.0195 and 3%), and taking
 #   50 steps instead of 10 does not help: it is not the step size. DDIM follows the model's own
@@ -363,8 +362,9 @@ print(f"{'real images':15} | {'':7} | {record['real']['fid']:6.2f} | {'':16} | {
 #   samples with DDPM 25 steps by default (`sampler`, `num_inference_steps` in the config; `--sampler`
 #   and `--eta` on the command line).
 # - **What is left is the model's.** The default's speckle is still 3.7x the real images', and on the
-#   same six images DDPM 1000's is no lower (the next cell): no sampler removes it. It is faint texture in the flat
-#   parts and softer edges than the data's; it falls as training goes on (`docs/benchmarks.md`).
+#   same six images DDPM 1000's is no lower (the next cell): no sampler removes it. It is faint texture
+#   in the flat parts and softer edges than the data's; it falls as training goes on
+#   (`docs/benchmarks.md`).
 
 # %%
 if has_attributes(config):  # the judge checks colour and shape
