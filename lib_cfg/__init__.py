@@ -1,8 +1,10 @@
 """lib_cfg: text-to-image diffusion with classifier-free guidance, the library beside the notebooks.
 
 One job per module:
-    config        TrainingConfig and the presets quick / ci / lesson
+    config        TrainingConfig and the presets quick / ci / lesson / animal-faces
     synthetic     the offline captioned dataset (coloured shapes)
+    animal_faces  real captioned pictures offline: emoji animal faces on coloured backgrounds
+    labelled      what a labelled dataset declares; the judge and features follow from it
     data          load_data(config): synthetic, Hugging Face Hub, local image folder
     text_encoder  TextEncoder (CLIP or offline MiniLM) and EmbeddingCache
     model         the UNet with text conditioning (text_proj, null_text_embed, uncond_mask)
@@ -12,7 +14,9 @@ One job per module:
     train         the training step and loop; build_training(config) and run_training(config)
     bookkeeping   callbacks: logs, validation, sample grids, checkpoints
     checkpoint    safetensors + JSON checkpoint folders, atomic, exactly resumable
-    evaluation    the adherence judge and guidance-scale sweeps
+    judge         the shapes' hand-written judge
+    fidelity      speckle and a Frechet distance on features learnt from the labels
+    evaluation    guidance-scale sweeps: adherence, held-out pairs, copies
     sampling      load a checkpoint for sampling; guidance-scale grids
     plotting, widgets, notebook, cli
 """

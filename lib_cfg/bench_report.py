@@ -92,6 +92,17 @@ def to_markdown(results: dict) -> str:
                   "| --- | --- | --- | --- | --- |"]
         lines += [f"| {c['step']} | {c['train_s']} | {c['color']:.1%} | {c['shape']:.1%} | {c['all']:.1%} |"
                   for c in b["checks"]]
+    for precision, b in results.get("animal_faces", {}).items():
+        lines += ["", f"## Time for the animal-faces preset to reach its bar, {precision} "
+                  "(s = 3: animal >= 95%, background >= 98%)\n",
+                  f"reached: {b['reached']}, after **{b['steps']} steps ({b['steps'] and b['steps'] * b['images_per_step']}"
+                  f" images), {b['train_s']} s** of training (setup and first step {b['setup_and_first_step_s']} s "
+                  f"included; judging time excluded; {b['images_per_check']} images per check)\n",
+                  "| step | images seen | train s | animal | background | all | heldout_all | copy rate | fid | fid real |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {c['step']} | {c['step'] * b['images_per_step']} | {c['train_s']} | {c['animal']:.1%} | "
+                  f"{c['background']:.1%} | {c['all']:.1%} | {c['heldout_all']:.1%} | {c['copy_rate']:.1%} | "
+                  f"{c['fid']:.1f} | {c['fid_real']:.1f} |" for c in b["checks"]]
     if "loop" in results:
         r = results["loop"]
         lines += ["", "## The whole training loop (quick preset: data, cached embeddings, step, EMA, logging)\n",

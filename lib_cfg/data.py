@@ -1,7 +1,8 @@
 """`load_data(config)`: train and validation sets of (image [3 x H x W] in [-1, 1], {"text": caption, ...}).
 
-Three sources, chosen by `config.dataset`:
-- "synthetic-shapes": the project's own offline dataset (lib_cfg.synthetic);
+Four sources, chosen by `config.dataset`:
+- "synthetic-shapes": the project's own offline dataset (lib_cfg.synthetic); "animal-faces": emoji art of 20
+  animal faces on coloured backgrounds (lib_cfg.animal_faces), also offline;
 - a local folder in the `datasets` imagefolder layout: images plus metadata.jsonl / metadata.csv
   with a `file_name` column and a caption column;
 - anything else is a Hugging Face Hub dataset id (the lesson's `reese-green/afhq64_captions_64k`),
@@ -25,7 +26,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from .config import SYNTHETIC_BG_DATASET, SYNTHETIC_DATASET, TrainingConfig
+from .animal_faces import load_animal_faces
+from .config import ANIMAL_FACES_DATASET, SYNTHETIC_BG_DATASET, SYNTHETIC_DATASET, TrainingConfig
 from .stand_ins import ensure_stand_in
 from .synthetic import load_synthetic
 
@@ -207,6 +209,8 @@ def load_data(config: TrainingConfig, verbose: bool = True) -> Tuple[torch.utils
     if config.dataset in (SYNTHETIC_DATASET, SYNTHETIC_BG_DATASET):
         full = load_synthetic(config.synthetic_size, config.resolution, config.seed, config.data_dir, verbose,
                               backgrounds=config.dataset == SYNTHETIC_BG_DATASET)
+    elif config.dataset == ANIMAL_FACES_DATASET:
+        full = load_animal_faces(config.resolution, config.styles, config.data_dir, verbose)
     else:
         ensure_stand_in(config.dataset)  # the lesson-smoke preset's AFHQ-shaped dataset, built on first use
         cache = image_cache_path(config)  # for a local folder this reads its listing: once

@@ -10,10 +10,12 @@ a red blob in it as a red circle. Sample quality needs numbers of its own:
 - `Fidelity(config).fid(images)`: the Fréchet distance (Heusel et al. 2017) between the features of the
   generated images and those of held-out real images: |mu_g - mu_r|^2 + tr(S_g + S_r - 2 (S_g S_r)^(1/2)).
   The features are not Inception's (no downloaded weights, and ImageNet features know nothing of 16x16
-  shapes): as in the fastai course, they come from a small network trained here, on the project's own data,
-  to read each image's colour, shape (and background) and its object's position and size (`FeatureNet`).
+  shapes): as in the fastai course, they come from a small network trained here on fresh renders of a
+  labelled dataset (`lib_cfg.labelled`), to read each label: the shapes' colour, shape (and background) and
+  their object's position and size; the animal faces' animal, background and art style (`FeatureNet`).
   The features are its last hidden layer, `FEATURE_DIM` numbers per image. The reference is
   `REFERENCE_SIZE` freshly rendered images that neither this network nor any diffusion model trained on.
+  Where a dataset has no hand-written judge (the animal faces), the network's heads are its judge.
 
 A Fréchet distance on a finite sample is biased upwards, more so for fewer images, so it is only read
 against `floor(n)`: the distance of n other real images, drawn as the prompts are, from the same
@@ -31,14 +33,15 @@ import math
 import os
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .config import SYNTHETIC_BG_DATASET, SYNTHETIC_DATASET, TrainingConfig
-from .synthetic import COLORS, SHAPES, load_synthetic
+from .config import TrainingConfig
+from .labelled import LabelledData, labelled_data
 from .plotting import to_unit
 
 SPECKLED = 0.03  # speckle above this: an image the eye reads as pixel noise (real images: ~0.005)
@@ -68,7 +71,7 @@ class FeatureNet(nn.Module):
     The convolutions halve the image down to 4x4 and keep that grid (no global pooling), so the features
     know where the object is as well as what it is."""
 
-    def __init__(self, resolution: int, attributes: Dict[str, int], channels: int = 32):
+    def __init__(self, resolution: int, attributes: Dict[str, int], channels: int = 32, layout: bool = True):
         super().__init__()
         layers, c = [nn.Conv2d(3, channels, 3, padding=1), nn.SiLU()], channels
         size = resolution
@@ -78,40 +81,33 @@ class FeatureNet(nn.Module):
         self.conv = nn.Sequential(*layers)
         self.features = nn.Sequential(nn.Flatten(), nn.Linear(c * size * size, FEATURE_DIM), nn.SiLU())
         self.heads = nn.ModuleDict({k: nn.Linear(FEATURE_DIM, n) for k, n in attributes.items()})
-        self.layout_head = nn.Linear(FEATURE_DIM, 3)
+        self.layout_head = nn.Linear(FEATURE_DIM, 3) if layout else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(self.conv(x))
 
     def predict(self, x: torch.Tensor):
         f = self(x)
-        return {k: head(f) for k, head in self.heads.items()}, self.layout_head(f)
+        return {k: head(f) for k, head in self.heads.items()}, None if self.layout_head is None else self.layout_head(f)
 
 
-def _attributes(backgrounds: bool) -> Dict[str, int]:
-    return {"color": len(COLORS), "shape": len(SHAPES), **({"background": len(COLORS)} if backgrounds else {})}
+def _attributes(data: LabelledData) -> Dict[str, int]:
+    """The feature net's heads: every attribute the captions name, then those they do not (the art style)."""
+    return {k: len(v) for k, v in {**data.labels, **data.unprompted}.items()}
 
 
-def _labels(ds) -> Dict[str, torch.Tensor]:
-    labels = {"color": ds.colors.long(), "shape": ds.shapes.long()}
-    if (ds.backgrounds >= 0).all():
-        labels["background"] = ds.backgrounds.long()
-    return labels
-
-
-def train_feature_net(ds, resolution: int, steps: int = 1500, batch_size: int = 128, seed: int = 0,
-                      progress: bool = True) -> FeatureNet:
-    """Cross-entropy on each attribute plus the squared error of the layout, on clean images of `ds`."""
-    from .evaluation import layout  # the judge's own notion of where the object is
-
-    backgrounds = bool((ds.backgrounds >= 0).all())
+def train_feature_net(ds, data: LabelledData, resolution: int, steps: int = 1500, batch_size: int = 128,
+                      seed: int = 0, progress: bool = True) -> FeatureNet:
+    """Cross-entropy on each attribute (`ds.labels`: class indices [N]) plus, where `data` declares a layout,
+    its squared error, on clean images ds.images (uint8 [N x 3 x H x W]) that no diffusion model trains on."""
     with torch.random.fork_rng():  # the same weights for a seed, without touching the caller's random state
         torch.manual_seed(seed)
-        net = FeatureNet(resolution, _attributes(backgrounds))
+        net = FeatureNet(resolution, _attributes(data), layout=data.layout is not None)
     images = ds.images.float() / 127.5 - 1
-    labels = _labels(ds)
-    where = torch.cat([layout(images[i:i + 4096], backgrounds) for i in range(0, len(images), 4096)]) / resolution
-    where = where.nan_to_num(0.0)
+    labels = {k: ds.labels[k].long() for k in _attributes(data)}
+    if data.layout is not None:
+        where = torch.cat([data.layout(images[i:i + 4096]) for i in range(0, len(images), 4096)]) / resolution
+        where = where.nan_to_num(0.0)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(seed)
     bar = tqdm(range(steps), desc="training the fidelity features", disable=not progress, mininterval=2.0)
@@ -121,7 +117,8 @@ def train_feature_net(ds, resolution: int, steps: int = 1500, batch_size: int = 
         idx = torch.randint(0, len(images), (batch_size,), generator=g)
         logits, pred_where = net.predict(images[idx])
         loss = sum(F.cross_entropy(logits[k], v[idx]) for k, v in labels.items())
-        loss = loss + 10 * F.mse_loss(pred_where, where[idx])
+        if pred_where is not None:
+            loss = loss + 10 * F.mse_loss(pred_where, where[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -141,38 +138,61 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 class Fidelity:
-    """The Fréchet distance of generated images from held-out real ones, for a config's synthetic dataset.
+    """The Fréchet distance of generated images from held-out real ones, for a config's labelled dataset
+    (`lib_cfg.labelled`); where the dataset has no hand-written judge, `judge` reads the same network's heads.
 
     The feature network is trained on first use (about 20 s on 2 CPU cores) and kept in
     data_dir/fidelity/; the real images are rendered once and kept beside the dataset."""
 
     def __init__(self, config: TrainingConfig, progress: bool = True):
-        if config.dataset not in (SYNTHETIC_DATASET, SYNTHETIC_BG_DATASET):
-            raise ValueError(f"the fidelity features are trained on the synthetic shapes; {config.dataset!r} has no "
-                             "known attributes to train them on. Look at the samples instead (`sample`).")
-        self.backgrounds = config.dataset == SYNTHETIC_BG_DATASET
+        self.data = labelled_data(config)
+        if self.data is None:
+            raise ValueError(f"the fidelity features are trained on a labelled dataset (the synthetic shapes, "
+                             f"animal-faces); {config.dataset!r} has no known labels to train them on. Look at the "
+                             "samples instead (`sample`).")
         self.resolution, self.data_dir, self.progress = config.resolution, config.data_dir, progress
         self.net = self._load_or_train()
-        self.reference = load_synthetic(REFERENCE_SIZE, self.resolution, REFERENCE_SEED, self.data_dir,
-                                        verbose=False, backgrounds=self.backgrounds)
+        self.reference = self.data.render(REFERENCE_SIZE, REFERENCE_SEED)
         self.reference_features = self.features(self.reference.images.float() / 127.5 - 1)
         self._floor_pool = None
 
     def _load_or_train(self) -> FeatureNet:
-        name = f"{'shapes-bg' if self.backgrounds else 'shapes'}_r{self.resolution}_v{VERSION}.safetensors"
-        path = os.path.join(self.data_dir, "fidelity", name)
-        net = FeatureNet(self.resolution, _attributes(self.backgrounds))
+        path = os.path.join(self.data_dir, "fidelity", f"{self.data.name}_r{self.resolution}_v{VERSION}.safetensors")
+        net = FeatureNet(self.resolution, _attributes(self.data), layout=self.data.layout is not None)
         if os.path.exists(path):
             net.load_state_dict(load_file(path))
             return net.eval().requires_grad_(False)
-        ds = load_synthetic(20000, self.resolution, FEATURE_SEED, self.data_dir, verbose=False,
-                            backgrounds=self.backgrounds)
-        net = train_feature_net(ds, self.resolution, progress=self.progress)
+        net = train_feature_net(self.data.render(20000, FEATURE_SEED), self.data, self.resolution,
+                                progress=self.progress)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp{os.getpid()}"
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp)
         os.replace(tmp, path)  # atomic: a half-written file is never loaded
         return net
+
+    @torch.no_grad()
+    def judge(self, images: torch.Tensor) -> List[Dict[str, str]]:
+        """images [N x 3 x H x W] in [-1, 1] -> one {attribute: class name} per image, read by the heads: the judge
+        of a dataset without a hand-written one (`lib_cfg.evaluation.judge_for`)."""
+        x = images.detach().float().cpu()
+        names = {**self.data.labels, **self.data.unprompted}
+        logits = [self.net.predict(x[i:i + 1024])[0] for i in range(0, len(x), 1024)]
+        picked = {k: torch.cat([part[k] for part in logits]).argmax(-1).tolist() for k in names}
+        return [{k: names[k][picked[k][i]] for k in names} for i in range(len(x))]
+
+    def judge_accuracy(self, n: int = 2000) -> Dict[str, float]:
+        """The heads' accuracy per attribute on n renders that neither they nor the reference were made from."""
+        pool = self._pool()
+        n = min(n, len(pool.images))
+        verdicts = self.judge(pool.images[:n].float() / 127.5 - 1)
+        names = {**self.data.labels, **self.data.unprompted}
+        return {k: float(np.mean([v[k] == names[k][i] for v, i in zip(verdicts, pool.labels[k][:n].tolist())]))
+                for k in names}
+
+    def _pool(self):
+        if self._floor_pool is None:
+            self._floor_pool = self.data.render(REFERENCE_SIZE, FLOOR_SEED)
+        return self._floor_pool
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -188,19 +208,16 @@ class Fidelity:
 
     def real_images(self, targets: Sequence[Dict[str, str]], seed: int = 0) -> torch.Tensor:
         """Real images [N x 3 x H x W] in [-1, 1], none of them in the reference, one per target
-        ({"color", "shape"} (+ "background")), so they follow the prompts' mix of attributes."""
-        if self._floor_pool is None:
-            self._floor_pool = load_synthetic(REFERENCE_SIZE, self.resolution, FLOOR_SEED, self.data_dir,
-                                              verbose=False, backgrounds=self.backgrounds)
-        pool = self._floor_pool
-        names = list(COLORS)
-        key = [(names[c], SHAPES[s], names[b] if b >= 0 else None) for c, s, b in
-               zip(pool.colors.tolist(), pool.shapes.tolist(), pool.backgrounds.tolist())]
-        order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed)).tolist()
+        ({attribute: class name}), so they follow the prompts' mix of attributes."""
+        pool = self._pool()
+        names = list(targets[0]) if targets else []
+        labels = {k: pool.labels[k].tolist() for k in names}
+        key = [tuple(self.data.labels[k][labels[k][i]] for k in names) for i in range(len(pool.images))]
+        order = torch.randperm(len(key), generator=torch.Generator().manual_seed(seed)).tolist()
         picked: List[int] = []
         used = set()
         for target in targets:
-            want = (target["color"], target["shape"], target.get("background"))
+            want = tuple(target[k] for k in names)
             i = next((i for i in order if i not in used and key[i] == want), None)
             if i is None:
                 raise ValueError(f"the real-image pool has too few images of {want}; ask for fewer")

@@ -17,8 +17,8 @@ import torch
 
 from .bookkeeping import SnapshotCallback
 from .checkpoint import load_config, load_trainer_state, resolve_checkpoint
-from .config import (RUNTIME_FIELDS, SYNTHETIC_BG_DATASET, SYNTHETIC_DATASET, TRAINED_FIELDS, TrainingConfig,
-                     differing_fields, get_preset)
+from .config import RUNTIME_FIELDS, TRAINED_FIELDS, TrainingConfig, differing_fields, get_preset
+from .labelled import labelled_data
 from .train import TrainingRun, build_training, make_optimizer, training_step
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository (lib_cfg is installed editable)
@@ -56,12 +56,13 @@ def _slug(value) -> str:
 
 
 def has_attributes(config: TrainingConfig) -> bool:
-    """Whether every image of config's data has a known colour and shape (the synthetic shapes): the cells
-    that judge samples need them. When not (the lesson's photos, `lesson-smoke`), prints that the cell's work
-    is skipped and why."""
-    if config.dataset in (SYNTHETIC_DATASET, SYNTHETIC_BG_DATASET):
+    """Whether every image of config's data has known labels (the synthetic shapes' colour and shape, the animal
+    faces' animal and background: `lib_cfg.labelled`): the cells that judge samples need them. When not (the
+    lesson's photos, `lesson-smoke`), prints that the cell's work is skipped and why."""
+    if labelled_data(config) is not None:
         return True
-    print(f"skipped: this cell needs the synthetic shapes' colour and shape labels, and the data is {config.dataset}")
+    print(f"skipped: this cell needs the labels of a labelled dataset (colour and shape, or animal and "
+          f"background), and the data is {config.dataset}")
     return False
 
 

@@ -57,6 +57,13 @@ def all_prompts() -> List[Tuple[str, Dict[str, str]]]:
     return [(caption(c, s), {"color": c, "shape": s}) for s in SHAPES for c in COLORS]
 
 
+def bg_prompts() -> List[Tuple[str, Dict[str, str]]]:
+    """Every (canonical prompt, attributes) pair on coloured backgrounds: colour x other background x shape, so
+    every prompt's colour-swapped twin is in the set too."""
+    return [(caption(c, s, 0, b), {"color": c, "shape": s, "background": b})
+            for s in SHAPES for c in COLORS for b in COLORS if b != c]
+
+
 def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: Tuple[float, float, float, float], fill) -> None:
     """Draw `shape` filling the box (x0, y0, x1, y1). Shared with the judge's templates."""
     x0, y0, x1, y1 = box
@@ -122,6 +129,14 @@ class SyntheticShapes(torch.utils.data.Dataset):
         if self.backgrounds[i] >= 0:
             meta["background"] = list(COLORS)[int(self.backgrounds[i])]
         return x, meta
+
+    @property
+    def labels(self) -> Dict[str, torch.Tensor]:
+        """Class indices [N] of each attribute: {"color", "shape"} (+ "background" on coloured backgrounds)."""
+        labels = {"color": self.colors.long(), "shape": self.shapes.long()}
+        if len(self.backgrounds) and (self.backgrounds >= 0).all():
+            labels["background"] = self.backgrounds.long()
+        return labels
 
     def subset(self, index: torch.Tensor) -> "SyntheticShapes":
         return SyntheticShapes(self.images[index], self.colors[index], self.shapes[index], self.templates[index],

@@ -25,12 +25,12 @@ from tqdm.auto import tqdm
 from . import distributed
 from .bookkeeping import Bookkeeping, default_bookkeeping
 from .checkpoint import load_trainer_state, restore_training
-from .config import SYNTHETIC_DATASET, TrainingConfig, resolve_device, use_bf16
+from .config import TrainingConfig, resolve_device, use_bf16
 from .data import all_captions, load_data
+from .labelled import labelled_data
 from .diffusion import add_noise, noise_schedule_for, snr
 from .distributed import Shard
 from .model import create_unet_model
-from .synthetic import sample_prompts
 from .text_encoder import EmbeddingCache
 
 
@@ -306,7 +306,8 @@ def build_training(config: TrainingConfig, resume: Optional[str] = None, silent:
     if start_step and not silent:
         printer(f"resumed from {resume} at step {start_step}")
     train_dl, val_dl = make_dataloaders(config, train_ds, val_ds, start_step, shard)
-    prompts = (sample_prompts(config.n_samples) if config.dataset == SYNTHETIC_DATASET
+    data = labelled_data(config)
+    prompts = (data.grid_prompts(config.n_samples) if data and data.grid_prompts
                else all_captions(val_ds)[:config.n_samples])
     bookkeeping = default_bookkeeping(config, val_dl, noise_schedule, embed, prompts, silent, printer)
     bookkeeping.callbacks[-1:-1] = list(extra_callbacks)  # after the EMA update, before the checkpoint

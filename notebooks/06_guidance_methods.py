@@ -406,7 +406,8 @@ print("s_a = 1 is CFG:", is_cfg, "| s_c = 1 is autoguidance:", is_auto)
 assert is_cfg and is_auto
 
 # %% [markdown]
-# **Next:** the lesson's own run, `python -m lib_cfg train --preset lesson` on a GPU
-# ([docs/lesson-and-gpu.md](../docs/lesson-and-gpu.md)); the papers cited in these notebooks, with where each
-# comes up ([docs/papers.md](../docs/papers.md)); and the measurements behind the library
-# ([docs/benchmarks.md](../docs/benchmarks.md)).
+# **Next:** [07 · Real captions: animal faces](07_animal_faces.ipynb) trains the same model on real pictures
+# with real captions, and tries the lesson's own prompt. After it: the lesson's own run,
+# `python -m lib_cfg train --preset lesson` on a GPU ([docs/lesson-and-gpu.md](../docs/lesson-and-gpu.md)); the
+# papers cited in these notebooks, with where each comes up ([docs/papers.md](../docs/papers.md)); and the
+# measurements behind the library ([docs/benchmarks.md](../docs/benchmarks.md)).

@@ -34,7 +34,7 @@ def test_bad_values_are_rejected_naming_the_field(field, value):
 
 
 def test_unknown_preset_and_field_list_the_valid_ones():
-    with pytest.raises(ValueError, match=r"valid presets: \['ci', 'lesson', 'lesson-smoke', 'quick'\]"):
+    with pytest.raises(ValueError, match=r"valid presets: \['animal-faces', 'animal-faces-ci', 'ci', 'lesson', 'lesson-smoke', 'quick'\]"):
         get_preset("fast")
     with pytest.raises(ValueError, match="valid fields:.*batch_size"):
         get_preset("quick", batchsize=3)

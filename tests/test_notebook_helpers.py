@@ -70,7 +70,7 @@ def test_training_again_replaces_an_older_guide_snapshot(tmp_path, data_dir):
 def test_has_attributes_says_why_a_cell_is_skipped(capsys):
     assert has_attributes(get_preset("ci")) and capsys.readouterr().out == ""
     assert not has_attributes(get_preset("lesson-smoke"))
-    assert "skipped: this cell needs the synthetic shapes' colour and shape labels" in capsys.readouterr().out
+    assert "skipped: this cell needs the labels of a labelled dataset" in capsys.readouterr().out
 
 
 def test_the_library_never_changes_the_kernel_behind_the_learner():
