@@ -212,16 +212,17 @@ LESSON_SMOKE = replace(
 )
 
 # Real captioned pictures, offline: 20 emoji animal faces x 6 backgrounds in the art styles installed here
-# (lib_cfg.animal_faces), at 32x32 with quick's recipe and network. Batch 32 for 1000 steps (32k images) is the
-# measured time to its bar; batch 64 at the same images seen, or a peak learning rate of 2e-3, fell short
-# (docs/benchmarks.md, "animal-faces").
+# (lib_cfg.animal_faces), at 32x32 with quick's network and recipe plus logit-normal timesteps, batch 32, for
+# 1000 steps (32k images): the measured time to its bar. quick's recipe alone, batch 64 or a peak learning
+# rate of 2e-3 fell short of it within 40k images (docs/benchmarks.md, "The animal-faces preset").
 ANIMAL_FACES = replace(
     QUICK, dataset=ANIMAL_FACES_DATASET, styles=available_styles(), resolution=32, batch_size=32, max_steps=1000,
+    timestep_sampling="logit_normal",
     checkpoint_dir="checkpoints/animal-faces", validate_every=250, sample_every=500, save_every=250, n_samples=8,
 )
 
-# Notebook 07 on CI: the same data at 16x16, the ci network, a few hundred steps.
-ANIMAL_FACES_CI = replace(CI, dataset=ANIMAL_FACES_DATASET, styles=available_styles(),
+# Notebook 07 on CI: the same data and timesteps at 16x16, with the ci network and steps.
+ANIMAL_FACES_CI = replace(CI, dataset=ANIMAL_FACES_DATASET, styles=available_styles(), timestep_sampling="logit_normal",
                           checkpoint_dir="checkpoints/animal-faces-ci")
 
 PRESETS: Dict[str, TrainingConfig] = {"quick": QUICK, "ci": CI, "lesson": LESSON, "lesson-smoke": LESSON_SMOKE,

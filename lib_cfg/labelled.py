@@ -50,14 +50,8 @@ class LabelledData:
         """Whether a prompt's targets are one of the pairs training never shows."""
         if not self.heldout:
             return False
-        first, second = self.labels
+        first, second = list(self.labels)[:2]
         return self.heldout.get(target[first]) == target[second]
-
-    def chance(self) -> Dict[str, float]:
-        """The accuracy of a guess per attribute, and for all at once."""
-        chance = {a: 1.0 / len(v) for a, v in self.labels.items()}
-        chance["all"] = float(torch.tensor(list(chance.values())).prod())
-        return chance
 
 
 def _shapes(config: TrainingConfig, backgrounds: bool) -> LabelledData:
