@@ -28,6 +28,12 @@ def shapes_data(backgrounds: bool = False) -> LabelledData:
     return labelled_data(get_preset("quick", dataset=SYNTHETIC_BG_DATASET if backgrounds else SYNTHETIC_DATASET))
 
 
+def data_of(fidelity=None, backgrounds: bool = False) -> LabelledData:
+    """The labelled data a sweep is about when not given: the fidelity network's, else the shapes' (with
+    backgrounds: on coloured backgrounds)."""
+    return fidelity.data if fidelity is not None and not backgrounds else shapes_data(backgrounds)
+
+
 def judge_for(data: LabelledData, fidelity=None):
     """images [N x 3 x H x W] -> verdicts: the dataset's hand-written judge, else `fidelity`'s heads."""
     if data.judge is not None:
@@ -120,7 +126,7 @@ def sweep(generate, scales: Iterable[float], n_per_prompt: int, resolution: int,
     `lib_cfg.fidelity.Fidelity` in every entry also the real images' values "fid_real" (the real-vs-real floor
     for this many images) and "speckle_real".
     """
-    data = data or (fidelity.data if fidelity is not None and not backgrounds else shapes_data(backgrounds))
+    data = data or data_of(fidelity, backgrounds)
     texts, targets = evaluation_prompts(n_per_prompt, data=data)
     noise = randn((len(texts), 3, resolution, resolution), torch.Generator().manual_seed(seed), device)
     real = real_fidelity(fidelity, targets) if fidelity is not None else {}
@@ -153,7 +159,7 @@ def adherence_sweep(model, embed, scales: Iterable[float], sampler, n_per_prompt
     autoguidance in place of CFG).
     """
     device = next(model.parameters()).device
-    data = data or (fidelity.data if fidelity is not None and not backgrounds else shapes_data(backgrounds))
+    data = data or data_of(fidelity, backgrounds)
     texts, _ = evaluation_prompts(n_per_prompt, data=data)
     cond = embed(texts).to(device)
     return sweep(lambda s, rows, x_T, g: sample(model, cond[rows], sampler, s, num_inference_steps, x_T=x_T,
@@ -221,7 +227,7 @@ def tradeoff(pipe, scales: Iterable[float], n_per_prompt: int = 4, steps: Option
     the share of prompts drawn in both styles). Every `every`-th evaluation prompt (1: all of them)
     n_per_prompt times, from the same noise at every scale. pipe: a `sampling.Pipeline` (steps: default its
     config's); options: its guidance and sampler options."""
-    data = data or (fidelity.data if fidelity is not None and not backgrounds else shapes_data(backgrounds))
+    data = data or data_of(fidelity, backgrounds)
     texts, targets = evaluation_prompts(n_per_prompt, data=data)
     keep = [i for i in range(len(texts)) if (i // n_per_prompt) % every == 0]
     texts, targets = [texts[i] for i in keep], [targets[i] for i in keep]
