@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections import Counter
 import unicodedata
 from typing import Dict, List, Sequence, Tuple
 
@@ -38,6 +39,7 @@ BACKGROUNDS: Dict[str, Tuple[int, int, int]] = {  # mid-bright colours: most fac
 }
 STYLES = ("twemoji", "noto")
 LABELS = {"animal": ANIMALS, "background": list(BACKGROUNDS)}  # what a caption names, and the judge reads
+NAMES = {**LABELS, "style": list(STYLES)}  # every label an image carries: class index -> name
 # One background per animal that training never shows, spread over all six: animal i keeps out background i mod 6.
 HELDOUT: Dict[str, str] = {a: list(BACKGROUNDS)[i % len(BACKGROUNDS)] for i, a in enumerate(ANIMALS)}
 TEMPLATES = [  # the first is the canonical prompt used for evaluation
@@ -121,9 +123,8 @@ class AnimalFaces(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i):
-        names = {"animal": ANIMALS, "background": list(BACKGROUNDS), "style": list(STYLES)}
         return (self.images[i].float() / 127.5 - 1.0,
-                {"text": self.captions[i], **{k: names[k][int(v[i])] for k, v in self.labels.items()}})
+                {"text": self.captions[i], **{k: NAMES[k][int(v[i])] for k, v in self.labels.items()}})
 
     def subset(self, index: torch.Tensor) -> "AnimalFaces":
         return AnimalFaces(self.images[index], {k: v[index] for k, v in self.labels.items()}, self.templates[index])
@@ -160,6 +161,13 @@ def load_animal_faces(resolution: int, styles: Sequence[str], data_dir: str, ver
     return _dataset(load_file(path))
 
 
+def distinct_training_images(resolution: int, styles: Sequence[str], data_dir: str) -> torch.Tensor:
+    """uint8 [M x 3 x H x W]: each training image once, unmirrored (the data holds it under every template, and
+    mirrored): what `lib_cfg.evaluation.copy_rate` compares samples with."""
+    rows_per_image = 2 * len(TEMPLATES)  # flips, then templates, are the innermost orders of load_animal_faces
+    return load_animal_faces(resolution, styles, data_dir, verbose=False).images[::rows_per_image]
+
+
 def render_jittered(n: int, resolution: int, seed: int, styles: Sequence[str], data_dir: str) -> AnimalFaces:
     """n images of random animal x background (held-out pairs included) x style, each face 65-95% of the side
     wide, anywhere it fits, mirrored half the time: what the judge and the fidelity features learn from and are
@@ -189,9 +197,10 @@ def all_prompts() -> List[Tuple[str, Dict[str, str]]]:
 
 
 def sample_prompts(n: int) -> List[str]:
-    """n prompts for the sample grids, each animal once before any repeats, backgrounds cycling."""
+    """n prompts for the sample grids, each animal once before any repeats, backgrounds cycling; never a held-out
+    pair (animal i is held out on background i mod 6, so the grids start one background further)."""
     bgs = list(BACKGROUNDS)
-    return [caption(ANIMALS[i % len(ANIMALS)], bgs[(i + i // len(ANIMALS)) % len(bgs)]) for i in range(n)]
+    return [caption(ANIMALS[i % len(ANIMALS)], bgs[(i + 1 + i // len(ANIMALS)) % len(bgs)]) for i in range(n)]
 
 
 def both_styles(styles: Sequence[str], groups: Sequence[int]) -> float:
@@ -201,6 +210,6 @@ def both_styles(styles: Sequence[str], groups: Sequence[int]) -> float:
     seen: Dict[int, set] = {}
     for style, g in zip(styles, groups):
         seen.setdefault(g, set()).add(style)
-    counts = {g: list(groups).count(g) for g in seen}
+    counts = Counter(groups)
     kept = [len(v) > 1 for g, v in seen.items() if counts[g] > 1]
     return float(np.mean(kept)) if kept else 0.0

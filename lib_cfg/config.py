@@ -18,7 +18,7 @@ from typing import Any, Dict, Tuple
 
 import torch
 
-from .animal_faces import available_styles
+from .animal_faces import STYLES, available_styles
 
 SYNTHETIC_DATASET = "synthetic-shapes"  # the project's own offline dataset (lib_cfg.synthetic)
 SYNTHETIC_BG_DATASET = "synthetic-shapes-bg"  # the same shapes on coloured backgrounds (the binding test)
@@ -146,8 +146,8 @@ class TrainingConfig:
         need(self.sampler in ("ddpm", "ddim"), "sampler", "must be 'ddpm' or 'ddim'")
         need(0.0 <= self.eta <= 1.0, "eta", "must lie in [0, 1]")
         need(self.mixed_precision in ("auto", "bf16", "no"), "mixed_precision", "must be 'auto', 'bf16' or 'no'")
-        need(len(self.styles) > 0 and set(self.styles) <= {"twemoji", "noto"}, "styles",
-             "known styles: 'twemoji', 'noto' (one or both, e.g. --styles twemoji,noto)")
+        need(len(self.styles) > 0 and set(self.styles) <= set(STYLES), "styles",
+             f"known styles: {list(STYLES)} (one or both, e.g. --styles twemoji,noto)")
         need(len(self.channel_mult) > 0, "channel_mult", "needs at least one level")
         factor = 2 ** (len(self.channel_mult) - 1)
         need(self.resolution % factor == 0, "resolution",
@@ -211,19 +211,25 @@ LESSON_SMOKE = replace(
     save_every=20, n_samples=4, num_inference_steps=10,
 )
 
+def _styles_suffix() -> str:
+    """'' with both art styles; '-twemoji' where the Noto font is missing, so a run on one style never shares a
+    folder with a run on both (installing the font later starts a new run instead of refusing the old one)."""
+    return "" if available_styles() == STYLES else "-" + "-".join(available_styles())
+
+
 # Real captioned pictures, offline: 20 emoji animal faces x 6 backgrounds in the art styles installed here
 # (lib_cfg.animal_faces), at 32x32 with quick's network and recipe plus logit-normal timesteps, batch 32, for
 # 1000 steps (32k images): the measured time to its bar. quick's recipe alone, batch 64 or a peak learning
 # rate of 2e-3 fell short of it within 40k images (docs/benchmarks.md, "The animal-faces preset").
 ANIMAL_FACES = replace(
     QUICK, dataset=ANIMAL_FACES_DATASET, styles=available_styles(), resolution=32, batch_size=32, max_steps=1000,
-    timestep_sampling="logit_normal",
-    checkpoint_dir="checkpoints/animal-faces", validate_every=250, sample_every=500, save_every=250, n_samples=8,
+    timestep_sampling="logit_normal", checkpoint_dir=f"checkpoints/animal-faces{_styles_suffix()}",
+    validate_every=250, sample_every=500, save_every=250, n_samples=8,
 )
 
 # Notebook 07 on CI: the same data and timesteps at 16x16, with the ci network and steps.
 ANIMAL_FACES_CI = replace(CI, dataset=ANIMAL_FACES_DATASET, styles=available_styles(), timestep_sampling="logit_normal",
-                          checkpoint_dir="checkpoints/animal-faces-ci")
+                          checkpoint_dir=f"checkpoints/animal-faces-ci{_styles_suffix()}")
 
 PRESETS: Dict[str, TrainingConfig] = {"quick": QUICK, "ci": CI, "lesson": LESSON, "lesson-smoke": LESSON_SMOKE,
                                       "animal-faces": ANIMAL_FACES, "animal-faces-ci": ANIMAL_FACES_CI}

@@ -61,6 +61,8 @@ def judge_accuracy(dataset, n: int = 2000, data: Optional[LabelledData] = None, 
     known: should be ~100%. data: the labels (default: the shapes', with backgrounds if the items name one)."""
     n = min(n, len(dataset))
     items = [dataset[i] for i in range(n)]
+    if data is None and "color" not in items[0][1]:
+        raise ValueError("judge_accuracy needs data=labelled_data(config) for a dataset other than the shapes")
     data = data or shapes_data("background" in items[0][1])
     targets = [{a: meta[a] for a in data.labels} for _, meta in items]
     return attribute_accuracy(judge_for(data, fidelity)(torch.stack([x for x, _ in items])), targets)

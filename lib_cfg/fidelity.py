@@ -93,7 +93,7 @@ class FeatureNet(nn.Module):
 
 def _attributes(data: LabelledData) -> Dict[str, int]:
     """The feature net's heads: every attribute the captions name, then those they do not (the art style)."""
-    return {k: len(v) for k, v in {**data.labels, **data.unprompted}.items()}
+    return {k: len(v) for k, v in data.all_labels.items()}
 
 
 def train_feature_net(ds, data: LabelledData, resolution: int, steps: int = 1500, batch_size: int = 128,
@@ -175,7 +175,7 @@ class Fidelity:
         """images [N x 3 x H x W] in [-1, 1] -> one {attribute: class name} per image, read by the heads: the judge
         of a dataset without a hand-written one (`lib_cfg.evaluation.judge_for`)."""
         x = images.detach().float().cpu()
-        names = {**self.data.labels, **self.data.unprompted}
+        names = self.data.all_labels
         logits = [self.net.predict(x[i:i + 1024])[0] for i in range(0, len(x), 1024)]
         picked = {k: torch.cat([part[k] for part in logits]).argmax(-1).tolist() for k in names}
         return [{k: names[k][picked[k][i]] for k in names} for i in range(len(x))]
@@ -185,7 +185,7 @@ class Fidelity:
         pool = self._pool()
         n = min(n, len(pool.images))
         verdicts = self.judge(pool.images[:n].float() / 127.5 - 1)
-        names = {**self.data.labels, **self.data.unprompted}
+        names = self.data.all_labels
         return {k: float(np.mean([v[k] == names[k][i] for v, i in zip(verdicts, pool.labels[k][:n].tolist())]))
                 for k in names}
 

@@ -15,6 +15,7 @@ no diffusion model trains on. From that alone follow:
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -46,6 +47,11 @@ class LabelledData:
     # enough to be copied (copy rate)
     training_images: Optional[Callable[[], torch.Tensor]] = None
 
+    @property
+    def all_labels(self) -> Dict[str, List[str]]:
+        """Every attribute the judge reads: those the captions name, then the unprompted ones."""
+        return {**self.labels, **self.unprompted}
+
     def is_heldout(self, target: Dict[str, str]) -> bool:
         """Whether a prompt's targets are one of the pairs training never shows."""
         if not self.heldout:
@@ -73,13 +79,13 @@ def _shapes(config: TrainingConfig, backgrounds: bool) -> LabelledData:
 def _animal_faces(config: TrainingConfig) -> LabelledData:
     styles = config.styles
     return LabelledData(
-        name=f"animal-faces-{'-'.join(styles)}", labels=animal_faces.LABELS, prompts=animal_faces.all_prompts,
+        name=f"animal-faces-v{animal_faces.VERSION}-{'-'.join(styles)}", labels=animal_faces.LABELS, prompts=animal_faces.all_prompts,
         render=lambda n, seed: animal_faces.render_jittered(n, config.resolution, seed, styles, config.data_dir),
         bar={"animal": 0.95, "background": 0.98}, bar_n_per_prompt=2, heldout=animal_faces.HELDOUT,
         unprompted={"style": list(animal_faces.STYLES)}, grid_prompts=animal_faces.sample_prompts, variety=lambda images, groups, verdicts:
         animal_faces.both_styles([v["style"] for v in verdicts], groups),
-        training_images=lambda: animal_faces.load_animal_faces(
-            config.resolution, styles, config.data_dir, verbose=False).images[::2 * len(animal_faces.TEMPLATES)])
+        training_images=functools.lru_cache(maxsize=1)(  # read once, not at every scale of a sweep
+            lambda: animal_faces.distinct_training_images(config.resolution, styles, config.data_dir)))
 
 
 def labelled_data(config: TrainingConfig) -> Optional[LabelledData]:

