@@ -223,9 +223,9 @@ def tradeoff(pipe, scales: Iterable[float], n_per_prompt: int = 4, steps: Option
              backgrounds: bool = False, every: int = 1, fidelity=None, data: Optional[LabelledData] = None,
              **options) -> Dict[str, Dict[str, float]]:
     """Adherence and what guidance costs, at each scale: {"<s>": {"color", "shape", "all" (+ "background",
-    "binding"), "variety", "saturation", "clipped", "speckle" (+ "fid" with a `lib_cfg.fidelity.Fidelity`)}};
-    on another labelled dataset (`data`, default: the fidelity's) its attributes and `score`'s other numbers.
-    variety: the dataset's own measure of variety within a prompt (shapes: `layout_variety`, px; animal faces:
+    "binding"), "variety", "saturation", "clipped", "speckle" (+ "fid", "fid_real" and "speckle_real" with a
+    `lib_cfg.fidelity.Fidelity`, as in `sweep`)}}; on another labelled dataset (`data`, default: the
+    fidelity's) its attributes and `score`'s other numbers. variety: the dataset's own measure of variety within a prompt (shapes: `layout_variety`, px; animal faces:
     the share of prompts drawn in both styles). Every `every`-th evaluation prompt (1: all of them)
     n_per_prompt times, from the same noise at every scale. pipe: a `sampling.Pipeline` (steps: default its
     config's); options: its guidance and sampler options."""
@@ -234,12 +234,13 @@ def tradeoff(pipe, scales: Iterable[float], n_per_prompt: int = 4, steps: Option
     keep = [i for i in range(len(texts)) if (i // n_per_prompt) % every == 0]
     texts, targets = [texts[i] for i in keep], [targets[i] for i in keep]
     groups = [i // n_per_prompt for i in range(len(texts))]
+    real = real_fidelity(fidelity, targets) if fidelity is not None else {}
     results = {}
     for s in scales:
         images = pipe(texts, s, steps, seed=seed, **options)
         scores = score(images, targets, data, fidelity, groups)
         quality = {k: scores.pop(k) for k in ("fid", "speckle") if k in scores}
-        results[format_scale(s)] = {**scores, **saturation_stats(images), **quality}
+        results[format_scale(s)] = {**scores, **saturation_stats(images), **quality, **real}
     return results
 
 

@@ -10,7 +10,8 @@ from lib_cfg.animal_faces import (ANIMALS, BACKGROUNDS, HELDOUT, STYLES, TEMPLAT
                                   check_styles, load_animal_faces, render, render_jittered)
 from lib_cfg.config import get_preset
 from lib_cfg.data import load_data
-from lib_cfg.evaluation import attribute_accuracy, chance_accuracy, copy_rate, evaluation_prompts, format_table, score
+from lib_cfg.evaluation import (attribute_accuracy, chance_accuracy, copy_rate, evaluation_prompts, format_table, score,
+                                tradeoff)
 from lib_cfg.fidelity import Fidelity
 from lib_cfg.labelled import labelled_data
 
@@ -167,6 +168,21 @@ def test_score_on_real_renders_and_on_noise(fidelity, data_dir):
     noise = torch.rand(real.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
     assert attribute_accuracy(fidelity.judge(noise), targets)["all"] < 0.1
     assert fidelity.fid(noise) > 10 * fidelity.fid(real)
+
+
+def test_tradeoff_scores_every_other_prompt_and_reads_fid_against_as_many_real_images(fidelity):
+    asked = []
+
+    def real_pipe(texts, s, steps, seed=0):  # a stand-in model that draws real renders of what it is asked
+        asked.append(texts)
+        targets = [next(t for p, t in fidelity.data.prompts() if p == text) for text in texts]
+        return fidelity.real_images(targets)
+
+    results = tradeoff(real_pipe, [0, 3], 2, every=2, fidelity=fidelity)
+    assert len(asked[0]) == 120 and asked[0] == asked[1]  # 60 of the 120 prompts, twice each, at both scales
+    for r in results.values():
+        assert r["animal"] > 0.9 and r["fid"] == pytest.approx(r["fid_real"])  # the floor: the same real images
+        assert r["speckle"] == pytest.approx(r["speckle_real"])
 
 
 def test_the_table_aligns_every_column_and_shows_chance(fidelity):

@@ -131,7 +131,7 @@ def test_opens_with_a_goal_and_ends_with_summary_exercises_and_next_step(path):
 
 @pytest.mark.parametrize("path", IPYNBS, ids=lambda p: p.stem)
 def test_cells_that_judge_say_so_in_python(path):
-    """A cell that needs the synthetic shapes' labels (the judge, the fidelity features, the attribute
+    """A cell that needs a labelled dataset's labels (the judge, the fidelity features, the attribute
     classifier) runs under a visible `if has_attributes(config):`, and the working directory changes in a
     cell the learner sees."""
     cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
@@ -142,5 +142,5 @@ def test_cells_that_judge_say_so_in_python(path):
         # 05's comparison always trains on the coloured-background shapes (`backgrounds=True`): labelled everywhere
         if needs.search(code) and "def " not in code and "backgrounds=True" not in code:
             assert "if has_attributes(config)" in code, f"code cell {i} needs the labels but does not check for them"
-    setup_cell = next("".join(c["source"]) for c in cells if "setup(PRESET" in "".join(c["source"]))
+    setup_cell = next("".join(c["source"]) for c in cells if re.search(r"\bsetup\(.*PRESET", "".join(c["source"])))
     assert "os.chdir(ROOT)" in setup_cell
