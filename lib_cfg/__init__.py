@@ -12,7 +12,8 @@ One job per module:
     classifier    classifier guidance: a noise-aware classifier and the gradient-guided step
     guidance      guidance beyond CFG: APG, CFG-Zero*, autoguidance
     train         the training step and loop; build_training(config) and run_training(config)
-    bookkeeping   callbacks: logs, validation, sample grids, checkpoints
+    bookkeeping   callbacks: logs, validation (loss, caption accuracy), sample grids, checkpoints
+    caption_accuracy  does the model follow its captions? the conditional model as a classifier of them
     checkpoint    safetensors + JSON checkpoint folders, atomic, exactly resumable
     judge         the shapes' hand-written judge
     fidelity      speckle and a Frechet distance on features learnt from the labels

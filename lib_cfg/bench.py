@@ -255,6 +255,10 @@ def time_to_bar(config, every: int = 50, first: int = 100, n_per_prompt: Optiona
                                   progress=False, fidelity=fidelity)["3"]
             checks.append({"step": ctx["step"], "train_s": round(t0 - clock["start"] - clock["judging"], 1),
                            **{k: round(v, 4 if "speckle" in k else 3) for k, v in acc.items()}})
+            h = ctx["history"]
+            if h.get("caption_step") and h["caption_step"][-1] == ctx["step"]:  # validated at this step too
+                checks[-1].update(caption_accuracy=round(h["caption_accuracy"][-1], 3),
+                                  caption_chance=round(h["caption_chance"][-1], 3))
             print(f"time to bar: {checks[-1]}", flush=True)
             clock["judging"] += time.perf_counter() - t0
             if (all(acc[k] >= v for k, v in bar.items()) and not past_bar) or ctx["step"] >= limit:
@@ -273,6 +277,12 @@ def time_to_bar(config, every: int = 50, first: int = 100, n_per_prompt: Optiona
                 clock["first_step"], 1), "judged_every": every,
             "images_per_check": len(fidelity.data.prompts()) * n_per_prompt, "images_per_step": config.batch_size,
             "sampler": f"{config.sampler} {config.num_inference_steps}", "checks": checks}
+
+
+def caption_vs_judge(config, every: int = 50) -> dict:
+    """`caption_accuracy` beside the judge, step by step: `time_to_bar` judged every `every` steps to
+    max_steps, with validation (and so caption_accuracy, `lib_cfg.caption_accuracy`) at the same steps."""
+    return time_to_bar(replace(config, validate_every=every), every=every, first=every, past_bar=True)
 
 
 # The recipe levers measured one at a time against `quick` as it was (the lesson's linear betas, uniform t,
@@ -437,7 +447,7 @@ def sampler_table(checkpoint: str, n_per_prompt: int = 2, seeds=(0, 1)) -> dict:
 
 
 PARTS = ("train", "cache", "cfg", "samplers", "loop", "time_to_bar", "lesson_run", "recipe", "recipe_stacks",
-         "bar_before_after", "animal_faces")
+         "bar_before_after", "animal_faces", "caption_accuracy")
 
 
 def main(argv=None):
@@ -507,6 +517,9 @@ def main(argv=None):
             af = get_preset("animal-faces", device=args.device)
             precision = "bf16" if use_bf16(resolve_device(args.device), af.mixed_precision) else "fp32"
             results.setdefault("animal_faces", {})[precision] = time_to_bar(af, every=100, first=700)
+        elif part == "caption_accuracy":
+            results["caption_accuracy"] = {name: caption_vs_judge(get_preset(name, device=args.device))
+                                           for name in ("quick", "ci")}
         elif part == "lesson_run":
             results["lesson_run"] = lesson_run(args.lesson_steps, args.device)
         results.setdefault("measured", {})[part] = results["machine"]["date"]

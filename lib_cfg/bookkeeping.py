@@ -1,4 +1,5 @@
-"""Bookkeeping callbacks around the training loop: EMA weights, logs, validation loss, sample grids, checkpoints.
+"""Bookkeeping callbacks around the training loop: EMA weights, logs, validation loss and caption accuracy,
+sample grids, checkpoints.
 
 The loop calls `bookkeeping.run_callbacks(step=..., loss=..., ...)` after every step; each
 callback decides whether it is its turn (`every`) and does one job. Keeping them out of
@@ -16,7 +17,9 @@ from typing import Dict, List, Optional
 import torch
 from tqdm.auto import tqdm
 
+from .caption_accuracy import CAPTION_IMAGES, caption_accuracy
 from .checkpoint import save_checkpoint
+from .data import all_captions
 from .diffusion import add_noise, sample, sampler_for
 from .plotting import save_image_grid
 
@@ -44,7 +47,8 @@ def sampling_model(ctx: Dict):
 class Bookkeeping:
     def __init__(self, callbacks: List[Callback]):
         self.callbacks = callbacks
-        self.history: Dict[str, list] = {"step": [], "loss": [], "lr": [], "val_step": [], "val_loss": []}
+        self.history: Dict[str, list] = {"step": [], "loss": [], "lr": [], "val_step": [], "val_loss": [],
+                                         "caption_step": [], "caption_accuracy": [], "caption_chance": []}
         self.interrupted = False  # set by train() when a signal stopped it
         self.active = True  # False under torchrun outside process 0: the callbacks say when, but do not run
 
@@ -130,6 +134,8 @@ class LogCallback(Callback):
         line = {"step": step, "loss": sum(recent) / len(recent), "lr": ctx["lr"], "images_per_s": round(ips, 1)}
         if h["val_step"] and h["val_step"][-1] > previous:  # only a validation loss measured since the last line
             line["val_loss"] = h["val_loss"][-1]
+        if h.get("caption_step") and h["caption_step"][-1] > previous:
+            line["caption_accuracy"], line["caption_chance"] = h["caption_accuracy"][-1], h["caption_chance"][-1]
         if self.printer:
             self.printer(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in line.items()))
         if self.log_file:
@@ -148,11 +154,29 @@ def read_log(checkpoint_dir: str) -> List[Dict]:
 
 
 class ValidationCallback(Callback):
-    """Mean denoising loss on the validation set, with fixed t and noise so values compare across steps."""
+    """Mean denoising loss on the validation set, with fixed t and noise so values compare across steps; and
+    whether the model follows its captions (`caption_accuracy` on the first `caption_images` validation
+    images, the same noise each time; skipped when the validation set has fewer than two distinct captions)."""
 
-    def __init__(self, every: int, val_dataloader, noise_schedule, embed, max_batches: int = 8):
+    def __init__(self, every: int, val_dataloader, noise_schedule, embed, max_batches: int = 8,
+                 caption_images: int = CAPTION_IMAGES, mixed_precision: str = "no"):
         self.every, self.loader, self.schedule, self.embed, self.max_batches = \
             every, val_dataloader, noise_schedule, embed, max_batches
+        self.caption_images, self.mixed_precision = caption_images, mixed_precision
+        self._held_out = None  # (images, their captions, every validation caption), read at the first call
+
+    def held_out(self):
+        if self._held_out is None:
+            images, captions = [], []
+            for x0, meta in self.loader:
+                images.append(x0)
+                captions += list(meta["text"])
+                if len(captions) >= self.caption_images:
+                    break
+            n = min(self.caption_images, len(captions))
+            pool = all_captions(self.loader.dataset) if len(captions) else []
+            self._held_out = (torch.cat(images)[:n] if images else None, captions[:n], pool)
+        return self._held_out
 
     @torch.no_grad()
     def __call__(self, ctx):
@@ -171,8 +195,17 @@ class ValidationCallback(Callback):
             total += torch.nn.functional.mse_loss(pred, eps, reduction="sum").item() / eps[0].numel()
             count += x0.shape[0]
         model.train(was_training)
-        ctx["history"]["val_step"].append(ctx["step"])
-        ctx["history"]["val_loss"].append(total / max(count, 1))
+        h = ctx["history"]
+        h["val_step"].append(ctx["step"])
+        h["val_loss"].append(total / max(count, 1))
+        images, captions, pool = self.held_out()
+        if self.caption_images and len(set(pool)) >= 2:
+            result = caption_accuracy(model, self.schedule, images.to(device), captions,
+                                      lambda c: self.embed(c, device), pool=pool, seed=1234,
+                                      mixed_precision=self.mixed_precision)
+            for key, value in (("caption_step", ctx["step"]), ("caption_accuracy", result["caption_accuracy"]),
+                               ("caption_chance", result["caption_chance"])):
+                h.setdefault(key, []).append(value)
 
 
 class SampleGridCallback(Callback):
@@ -249,7 +282,8 @@ def default_bookkeeping(config, val_dataloader, noise_schedule, embed, prompts: 
     step's average; checkpoint last, so it records the validation loss of its own step."""
     return Bookkeeping([
         EMACallback(config.ema_decay),
-        ValidationCallback(config.validate_every, val_dataloader, noise_schedule, embed),
+        ValidationCallback(config.validate_every, val_dataloader, noise_schedule, embed,
+                           mixed_precision=config.mixed_precision),
         LogCallback(config.log_every, os.path.join(config.checkpoint_dir, "log.jsonl"),
                     printer=None if silent else printer),
         SampleGridCallback(config.sample_every, config.checkpoint_dir, prompts, embed, noise_schedule, config),

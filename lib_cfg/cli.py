@@ -21,6 +21,7 @@ import sys
 import typing
 from dataclasses import fields, replace
 
+from .caption_accuracy import caption_verdict
 from .checkpoint import load_config, load_trainer_state
 from .config import PRESETS, TrainingConfig, field_names, get_preset, preset_of
 from .diffusion import SAMPLERS
@@ -96,6 +97,9 @@ def cmd_train(args, overrides):
         return 130  # 128 + SIGINT: stopped by the user, progress saved
     if main_process:
         print(f"done: {config.checkpoint_dir}")
+        verdict = caption_verdict(bookkeeping.history, config.checkpoint_dir)
+        if verdict:
+            print(verdict)
     return 0
 
 

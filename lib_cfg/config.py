@@ -8,6 +8,7 @@ described by one object, which is also saved (as JSON) inside every checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -291,6 +292,14 @@ def use_bf16(device: str, mixed_precision: str) -> bool:
     if device.startswith("cuda"):
         return torch.cuda.is_bf16_supported()
     return device == "cpu" and cpu_has_native_bf16()
+
+
+def autocast(device: str, mixed_precision: str):
+    """bf16 autocast for the forward pass where `use_bf16` says so (convs and matmuls in bf16; the weights,
+    the optimizer and the loss stay fp32), else a context that changes nothing."""
+    if not use_bf16(device, mixed_precision):
+        return contextlib.nullcontext()
+    return torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
 
 
 def fields_of(kind: Dict[str, str]) -> Tuple[str, ...]:

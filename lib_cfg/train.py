@@ -9,7 +9,6 @@ same step runs on k processes (lib_cfg.distributed).
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import signal
@@ -25,7 +24,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .bookkeeping import Bookkeeping, default_bookkeeping
 from .checkpoint import load_trainer_state, restore_training
-from .config import TrainingConfig, resolve_device, use_bf16
+from .config import TrainingConfig, autocast, resolve_device
 from .data import all_captions, load_data
 from .labelled import labelled_data
 from .diffusion import add_noise, noise_schedule_for, snr
@@ -70,14 +69,6 @@ def lr_at(step: int, config: TrainingConfig) -> float:
         return config.learning_rate
     progress = min(1.0, (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps))
     return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def autocast(device: str, mixed_precision: str):
-    """bf16 autocast for the forward pass where `use_bf16` says so (convs and matmuls in bf16; the weights,
-    the optimizer and the loss stay fp32), else a context that changes nothing."""
-    if not use_bf16(device, mixed_precision):
-        return contextlib.nullcontext()
-    return torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
 
 
 def training_step(model, optimizer, x0: torch.Tensor, text_embeddings: torch.Tensor, noise_schedule: Dict,

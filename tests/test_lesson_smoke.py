@@ -110,6 +110,8 @@ def test_lesson_smoke_trains_resumes_and_samples_through_the_cli(tmp_path):
     assert f"resumed from {ckpt} at step 20" in resumed.stdout + resumed.stderr
     state = load_trainer_state(ckpt)
     assert state["step"] == 40 and state["history"]["step"] == list(range(1, 41))
+    # the one adherence measure the lesson's own data has without CLIP or a judge: logged, and said at the end
+    assert state["history"]["caption_step"] == [20, 40] and "caption accuracy" in resumed.stdout
 
     out = str(tmp_path / "grid.png")
     prompt = "a grey wild animal that no caption in the training set describes"

@@ -1,0 +1,100 @@
+"""caption_accuracy: the conditional model read as a classifier of its own captions."""
+import pytest
+import torch
+
+from lib_cfg.caption_accuracy import caption_accuracy, caption_errors, candidate_captions, wins
+from lib_cfg.config import get_preset
+from lib_cfg.diffusion import add_noise, noise_schedule_for
+from lib_cfg.model import create_unet_model
+
+
+def tiny_model(dim=8):
+    torch.manual_seed(0)
+    return create_unet_model(get_preset("ci"), "cpu", text_embed_dim=dim, verbose=False)
+
+
+def test_candidates_put_the_own_caption_first_and_draw_distinct_others():
+    pool = [f"caption {i}" for i in range(5)] * 3
+    rows = candidate_captions(["caption 0", "caption 3"], pool, 4, torch.Generator().manual_seed(0))
+    for own, row in zip(["caption 0", "caption 3"], rows):
+        assert row[0] == own and len(row) == 4 and len(set(row)) == 4 and set(row) <= set(pool)
+    assert len(candidate_captions(["a", "b"], ["a", "b"], 8)[0]) == 2  # k capped at the distinct captions
+
+
+def test_wins_share_ties_so_a_blind_model_scores_chance():
+    errors = torch.tensor([[0.1, 0.2, 0.3], [0.3, 0.1, 0.2], [0.2, 0.2, 0.2], [0.1, 0.1, 0.5]])
+    assert wins(errors).tolist() == pytest.approx([1.0, 0.0, 1 / 3, 0.5])
+
+
+def test_batched_errors_match_a_brute_force_loop():
+    model, schedule = tiny_model(), noise_schedule_for(get_preset("ci"))
+    images = torch.rand(3, 3, 16, 16) * 2 - 1
+    emb = torch.randn(3, 4, 8)
+    timesteps = [100, 500, 900]
+    batched = caption_errors(model, schedule, images, emb, timesteps, torch.Generator().manual_seed(0), batch_size=7)
+    eps = torch.randn((3, 3, 3, 16, 16), generator=torch.Generator().manual_seed(0))  # the same draw
+    brute = torch.zeros(3, 4)
+    with torch.no_grad():
+        for i in range(3):
+            for j in range(4):
+                for k, t in enumerate(timesteps):
+                    t_ = torch.tensor([t])
+                    x_t = add_noise(images[i:i + 1], eps[i, k:k + 1], t_, schedule)
+                    brute[i, j] += (model(x_t, t_, emb[i, j:j + 1]) - eps[i, k:k + 1]).pow(2).mean() / 3
+    assert torch.allclose(batched, brute, atol=1e-5)
+
+
+def test_a_model_that_ignores_the_text_scores_chance_and_a_trained_one_more(ci_run, tmp_path, data_dir):
+    from lib_cfg.data import all_captions, load_data
+    from lib_cfg.sampling import load_pipeline
+    from lib_cfg.train import run_training
+
+    config, _, ckpt = ci_run
+    _, val = load_data(config, verbose=False)
+    images = torch.stack([val[i][0] for i in range(128)])
+    captions = [val[i][1]["text"] for i in range(128)]
+    pool = all_captions(val)
+
+    def score(pipe):
+        return caption_accuracy(pipe.model, pipe.noise_schedule, images, captions,
+                                lambda c: pipe.embed(c, "cpu"), pool=pool)
+
+    trained = score(load_pipeline(ckpt, "cpu"))
+    # the same run with every caption dropped: the network never learns to read the text
+    blind_dir = str(tmp_path / "blind")
+    run_training(get_preset("ci", checkpoint_dir=blind_dir, data_dir=data_dir, text_drop_prob=1.0), silent=True)
+    blind = score(load_pipeline(blind_dir, "cpu"))
+    assert trained["caption_chance"] == blind["caption_chance"] == 1 / 8
+    assert abs(blind["caption_accuracy"] - 1 / 8) < 0.1, blind  # 128 images: chance +- about 3 standard errors
+    assert trained["caption_accuracy"] > 0.4, trained
+
+
+def test_training_logs_caption_accuracy_and_a_finished_run_trains_on_to_more_steps(ci_run, tmp_path, capsys):
+    import shutil
+
+    from lib_cfg.bookkeeping import read_log
+    from lib_cfg.caption_accuracy import caption_verdict
+    from lib_cfg.checkpoint import load_trainer_state
+    from lib_cfg.cli import main
+
+    config, bookkeeping, ckpt = ci_run
+    h = bookkeeping.history
+    assert h["caption_step"] == h["val_step"] == [100, 200, 300]  # measured at each validation
+    assert all(0 <= a <= 1 for a in h["caption_accuracy"]) and h["caption_chance"] == [1 / 8] * 3
+    logged = [line for line in read_log(ckpt) if "caption_accuracy" in line]
+    assert [line["step"] for line in logged] == [100, 200, 300] and logged[-1]["caption_chance"] == 0.125
+
+    low = {"caption_step": [300], "caption_accuracy": [0.3], "caption_chance": [0.125]}
+    assert "does not follow its captions yet" in caption_verdict(low, "DIR")
+    assert "python -m lib_cfg train --resume DIR --max_steps 600" in caption_verdict(low, "DIR")
+    assert "follows its captions" in caption_verdict({**low, "caption_accuracy": [0.9]}, "DIR")
+    assert caption_verdict({"caption_step": []}, "DIR") is None
+
+    run = str(tmp_path / "run")
+    shutil.copytree(ckpt, run)
+    capsys.readouterr()
+    assert main(["train", "--resume", run, "--max_steps", "400", "--checkpoint_dir", run]) == 0
+    out = capsys.readouterr().out
+    assert f"resumed from {run} at step 300" in out and "caption accuracy" in out
+    state = load_trainer_state(run)
+    assert state["step"] == 400 and state["history"]["caption_step"] == [100, 200, 300, 400]
