@@ -71,7 +71,13 @@ def guidance_grid_figure(images: torch.Tensor, prompts: List[str], scales: Seque
 
 
 def loss_curve_figure(history, smooth: int = 50):
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    """The training history: the loss, and beside it, when the run measured it, the caption accuracy
+    (`lib_cfg.caption_accuracy`) with chance and the level from which the model follows its captions."""
+    from .caption_accuracy import CAPTION_FOLLOWS
+
+    captions = bool(history.get("caption_step"))
+    fig, axes = plt.subplots(1, 2 if captions else 1, figsize=(11 if captions else 6, 3.2), squeeze=False)
+    ax = axes[0, 0]
     loss = torch.tensor(history["loss"])
     ax.plot(history["step"], loss.numpy(), alpha=0.25, lw=0.8, label="train loss (per step)")
     if len(loss) >= smooth:
@@ -82,5 +88,13 @@ def loss_curve_figure(history, smooth: int = 50):
         ax.plot(history["val_step"], history["val_loss"], "o-", lw=1.5, label="validation loss (EMA weights)")
     ax.set_xlabel("step"), ax.set_ylabel("MSE on eps"), ax.set_yscale("log")
     ax.legend(fontsize=8), ax.grid(alpha=0.3)
+    if captions:
+        ax, chance = axes[0, 1], history["caption_chance"][-1]
+        ax.plot(history["caption_step"], history["caption_accuracy"], "o-", color="C3",
+                label="caption accuracy (validation images)")
+        ax.axhline(chance, ls=":", color="gray", label=f"chance (1 in {round(1 / chance)})")
+        ax.axhline(chance + CAPTION_FOLLOWS * (1 - chance), ls="--", color="C2", label="follows its captions")
+        ax.set_xlabel("step"), ax.set_ylabel("share of images"), ax.set_ylim(0, 1)
+        ax.legend(fontsize=8), ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
