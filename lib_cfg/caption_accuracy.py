@@ -55,6 +55,8 @@ def caption_errors(model, noise_schedule: Dict, images: torch.Tensor, candidate_
     `mixed_precision` as training runs ("auto": bf16 where the device has it)."""
     n, k = candidate_embeddings.shape[:2]
     device = images.device
+    per_image = k * len(timesteps)  # whole images per batch: an image's candidates always share one batch
+    batch_size = max(per_image, batch_size // per_image * per_image)
     ts = torch.tensor(list(timesteps), dtype=torch.long)
     eps = torch.randn((n, len(ts), *images.shape[1:]), generator=generator).to(device)  # [N x T x C x H x W]
     x_t = add_noise(images[:, None].expand_as(eps).flatten(0, 1), eps.flatten(0, 1),

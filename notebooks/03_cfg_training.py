@@ -415,7 +415,7 @@ if history.get("caption_step"):
 # picture of a red circle" for "a red circle on a black background"), which the model rightly scores as well.
 
 # %%
-if PRESET == "quick":
+if PRESET == "quick" and history.get("caption_step"):  # a run from before caption accuracy has none
     from lib_cfg.caption_accuracy import CAPTION_FOLLOWS
 
     acc, chance = history["caption_accuracy"], history["caption_chance"][-1]

@@ -96,11 +96,11 @@ assert torch.allclose(yours, library, atol=1e-4), "my_cfg_eps differs from guide
 # ## The classifier inside the model
 #
 # Why does the difference $\epsilon_\theta(x_t, t, y) - \epsilon_\theta(x_t, t, \emptyset)$ point towards the
-# prompt? Bayes' rule makes the conditional model a classifier: $p(y \mid x) \propto p(x \mid y)\,/\,p(x)$, and
+# prompt? Bayes' rule makes the conditional model a classifier: $p(y \mid x) = p(x \mid y)\,p(y)\,/\,p(x)$, and
 # a caption that explains an image well lets the model denoise it well. Take one validation image, noise it
 # at 24 timesteps spread over $T$, and ask the model to denoise it under each of the 18 canonical captions, the
 # same noise for all (`caption_errors`, what notebook 03's caption accuracy runs on 64 images with 3 timesteps
-# and 8 candidates). With 18 close rivals (the same shape in five other colours) one image needs that many
+# and 8 candidates). Among 17 rivals, five of them close (the same shape in other colours), one image needs that many
 # noise draws: with 3, the same model ranks the own caption first for only 5 of the first 12 validation
 # images; with 24, for 24 of the first 24.
 
