@@ -123,13 +123,18 @@ def caption_accuracy(model, noise_schedule: Dict, images: torch.Tensor, captions
 CAPTION_FOLLOWS = 3 / 4
 
 
+def follows_level(chance: float) -> float:
+    """The caption accuracy from which a model follows its captions, for a measurement whose chance is `chance`."""
+    return chance + CAPTION_FOLLOWS * (1 - chance)
+
+
 def caption_verdict(history: Dict[str, list], checkpoint_dir: str) -> Optional[str]:
     """One line for the end of training from the last caption_accuracy in `history` (None when none was
     measured): whether the model follows its captions, and if not, the command that trains on."""
     if not history.get("caption_step"):
         return None
     step, accuracy, chance = (history[k][-1] for k in ("caption_step", "caption_accuracy", "caption_chance"))
-    bar = chance + CAPTION_FOLLOWS * (1 - chance)
+    bar = follows_level(chance)
     said = f"caption accuracy {accuracy:.0%} at step {step} (chance {chance:.0%}; it follows its captions from {bar:.0%})"
     if accuracy >= bar:
         return f"{said}: the model follows its captions"

@@ -13,6 +13,8 @@ if os.environ.get("MPLBACKEND") is None and "ipykernel" not in sys.modules:
     matplotlib.use("Agg")  # scripts and CI have no display (Jupyter keeps its inline backend)
 import matplotlib.pyplot as plt  # noqa: E402 (after the backend is chosen)
 
+from .caption_accuracy import follows_level  # noqa: E402
+
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
     """[N x 3 x H x W] in [-1, 1] -> the same in [0, 1], float32 on the CPU (what figures and judges read)."""
@@ -73,8 +75,6 @@ def guidance_grid_figure(images: torch.Tensor, prompts: List[str], scales: Seque
 def loss_curve_figure(history, smooth: int = 50):
     """The training history: the loss, and beside it, when the run measured it, the caption accuracy
     (`lib_cfg.caption_accuracy`) with chance and the level from which the model follows its captions."""
-    from .caption_accuracy import CAPTION_FOLLOWS
-
     captions = bool(history.get("caption_step"))
     fig, axes = plt.subplots(1, 2 if captions else 1, figsize=(11 if captions else 6, 3.2), squeeze=False)
     ax = axes[0, 0]
@@ -93,7 +93,7 @@ def loss_curve_figure(history, smooth: int = 50):
         ax.plot(history["caption_step"], history["caption_accuracy"], "o-", color="C3",
                 label="caption accuracy (validation images)")
         ax.axhline(chance, ls=":", color="gray", label=f"chance (1 in {round(1 / chance)})")
-        ax.axhline(chance + CAPTION_FOLLOWS * (1 - chance), ls="--", color="C2", label="follows its captions")
+        ax.axhline(follows_level(chance), ls="--", color="C2", label="follows its captions")
         ax.set_xlabel("step"), ax.set_ylabel("share of images"), ax.set_ylim(0, 1)
         ax.legend(fontsize=8), ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -416,10 +416,10 @@ if history.get("caption_step"):
 
 # %%
 if PRESET == "quick" and history.get("caption_step"):  # a run from before caption accuracy has none
-    from lib_cfg.caption_accuracy import CAPTION_FOLLOWS
+    from lib_cfg.caption_accuracy import follows_level
 
-    acc, chance = history["caption_accuracy"], history["caption_chance"][-1]
-    follows = chance + CAPTION_FOLLOWS * (1 - chance)
+    acc = history["caption_accuracy"]
+    follows = follows_level(history["caption_chance"][-1])
     assert acc[0] < 0.5 and acc[-1] >= follows and acc[-1] > acc[0] + 0.3, acc
     print(f"from {acc[0]:.0%} to {acc[-1]:.0%}; the model follows its captions from {follows:.1%}: the claim holds")
 
