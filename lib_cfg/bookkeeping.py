@@ -21,6 +21,7 @@ from .caption_accuracy import CAPTION_IMAGES, caption_accuracy
 from .checkpoint import save_checkpoint
 from .data import all_captions
 from .diffusion import add_noise, sample, sampler_for
+from .labelled import labelled_data
 from .plotting import save_image_grid
 
 
@@ -156,26 +157,31 @@ def read_log(checkpoint_dir: str) -> List[Dict]:
 class ValidationCallback(Callback):
     """Mean denoising loss on the validation set, with fixed t and noise so values compare across steps; and
     whether the model follows its captions (`caption_accuracy` on the first `caption_images` validation
-    images, the same noise each time; skipped when the validation set has fewer than two distinct captions)."""
+    images, the same noise each time; skipped when the validation set has fewer than two distinct captions).
+    prompts: a labelled dataset's canonical (caption, labels) pairs, whose images carry their labels in their
+    metadata: the rivals are then captions one label away (`lib_cfg.caption_accuracy.one_label_apart`)."""
 
     def __init__(self, every: int, val_dataloader, noise_schedule, embed, max_batches: int = 8,
-                 caption_images: int = CAPTION_IMAGES, mixed_precision: str = "no"):
+                 caption_images: int = CAPTION_IMAGES, mixed_precision: str = "no", prompts=None):
         self.every, self.loader, self.schedule, self.embed, self.max_batches = \
             every, val_dataloader, noise_schedule, embed, max_batches
-        self.caption_images, self.mixed_precision = caption_images, mixed_precision
-        self._held_out = None  # (images, their captions, every validation caption), read at the first call
+        self.caption_images, self.mixed_precision, self.prompts = caption_images, mixed_precision, prompts
+        self._held_out = None  # (images, their captions, every validation caption, their labels), read once
 
     def held_out(self):
         if self._held_out is None:
-            images, captions = [], []
+            images, captions, targets = [], [], []
+            keys = list(self.prompts[0][1]) if self.prompts else []
             for x0, meta in self.loader:
                 images.append(x0)
                 captions += list(meta["text"])
+                targets += [{a: meta[a][i] for a in keys} for i in range(len(x0))]
                 if len(captions) >= self.caption_images:
                     break
             n = min(self.caption_images, len(captions))
             pool = all_captions(self.loader.dataset) if len(captions) else []
-            self._held_out = (torch.cat(images)[:n] if images else None, captions[:n], pool)
+            self._held_out = (torch.cat(images)[:n] if images else None, captions[:n], pool,
+                              targets[:n] if keys else None)
         return self._held_out
 
     @torch.no_grad()
@@ -198,11 +204,11 @@ class ValidationCallback(Callback):
         h = ctx["history"]
         h["val_step"].append(ctx["step"])
         h["val_loss"].append(total / max(count, 1))
-        images, captions, pool = self.held_out()
+        images, captions, pool, targets = self.held_out()
         if self.caption_images and len(set(pool)) >= 2:
             result = caption_accuracy(model, self.schedule, images.to(device), captions,
                                       lambda c: self.embed(c, device), pool=pool, seed=1234,
-                                      mixed_precision=self.mixed_precision)
+                                      mixed_precision=self.mixed_precision, targets=targets, prompts=self.prompts)
             for key, value in (("caption_step", ctx["step"]), ("caption_accuracy", result["caption_accuracy"]),
                                ("caption_chance", result["caption_chance"])):
                 h.setdefault(key, []).append(value)
@@ -276,6 +282,12 @@ class SnapshotCallback(Callback):
         save_if_finite(self.config, ctx)
 
 
+def labelled_prompts(config) -> Optional[list]:
+    """The canonical (caption, labels) pairs of a dataset with known labels, None for any other."""
+    labelled = labelled_data(config)
+    return labelled.prompts() if labelled else None
+
+
 def default_bookkeeping(config, val_dataloader, noise_schedule, embed, prompts: List[str],
                         silent: bool = False, printer=tqdm.write) -> Bookkeeping:
     """The usual callbacks, reading their intervals from the config. EMA first, so the others see this
@@ -283,7 +295,7 @@ def default_bookkeeping(config, val_dataloader, noise_schedule, embed, prompts: 
     return Bookkeeping([
         EMACallback(config.ema_decay),
         ValidationCallback(config.validate_every, val_dataloader, noise_schedule, embed,
-                           mixed_precision=config.mixed_precision),
+                           mixed_precision=config.mixed_precision, prompts=labelled_prompts(config)),
         LogCallback(config.log_every, os.path.join(config.checkpoint_dir, "log.jsonl"),
                     printer=None if silent else printer),
         SampleGridCallback(config.sample_every, config.checkpoint_dir, prompts, embed, noise_schedule, config),

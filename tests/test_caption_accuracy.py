@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from lib_cfg.caption_accuracy import caption_accuracy, caption_errors, candidate_captions, wins
+from lib_cfg.caption_accuracy import caption_accuracy, caption_errors, candidate_captions, one_label_apart, wins
 from lib_cfg.config import get_preset
 from lib_cfg.diffusion import add_noise, noise_schedule_for
 from lib_cfg.model import create_unet_model
@@ -25,6 +25,24 @@ def test_candidates_put_the_own_caption_first_and_draw_distinct_others():
     for own, row in zip(["caption 0", "caption 3"], rows):
         assert row[0] == own and len(row) == 4 and len(set(row)) == 4 and set(row) <= set(pool)
     assert len(candidate_captions(["a", "b"], ["a", "b"], 8)[0]) == 2  # k capped at the distinct captions
+
+
+def test_labelled_candidates_are_the_canonical_caption_and_rivals_one_label_away():
+    from lib_cfg import animal_faces, synthetic
+
+    prompts = synthetic.all_prompts()
+    labels = dict((c, t) for c, t in prompts)
+    rows = one_label_apart([{"color": "red", "shape": "circle"}, {"color": "blue", "shape": "square"}], prompts, 8,
+                           torch.Generator().manual_seed(0))
+    for own, row in zip(({"color": "red", "shape": "circle"}, {"color": "blue", "shape": "square"}), rows):
+        assert labels[row[0]] == own and len(row) == len(set(row)) == 8  # 5 other colours + 2 other shapes
+        assert all(sum(labels[c][a] != own[a] for a in own) == 1 for c in row[1:])
+    # unprompted labels (the art style) are ignored; 24 rivals one label away, 7 drawn
+    row, = one_label_apart([{"animal": "fox", "background": "blue", "style": "noto"}], animal_faces.all_prompts(), 8)
+    assert row[0] == animal_faces.caption("fox", "blue") and len(set(row)) == 8
+    assert len(one_label_apart([{"color": "red", "shape": "circle"}], prompts, 20)[0]) == 8  # capped at 7 rivals
+    with pytest.raises(ValueError, match="no canonical prompt"):
+        one_label_apart([{"color": "red", "shape": "hexagon"}], prompts, 8)
 
 
 def test_wins_share_ties_so_a_blind_model_scores_chance():
@@ -52,6 +70,7 @@ def test_batched_errors_match_a_brute_force_loop():
 
 
 def test_a_model_that_ignores_the_text_scores_chance_and_a_trained_one_more(ci_run, tmp_path, data_dir):
+    from lib_cfg import synthetic
     from lib_cfg.data import all_captions, load_data
     from lib_cfg.sampling import load_pipeline
     from lib_cfg.train import run_training
@@ -62,11 +81,14 @@ def test_a_model_that_ignores_the_text_scores_chance_and_a_trained_one_more(ci_r
     captions = [val[i][1]["text"] for i in range(128)]
     pool = all_captions(val)
 
-    def score(pipe):
+    targets = [{a: val[i][1][a] for a in ("color", "shape")} for i in range(128)]
+
+    def score(pipe, **labelled):
         return caption_accuracy(pipe.model, pipe.noise_schedule, images, captions,
-                                lambda c: pipe.embed(c, "cpu"), pool=pool)
+                                lambda c: pipe.embed(c, "cpu"), pool=pool, **labelled)
 
     trained = score(load_pipeline(ckpt, "cpu"))
+    hard = dict(targets=targets, prompts=synthetic.all_prompts())  # rivals one label away
     # the same run with every caption dropped: the network never learns to read the text
     blind_dir = str(tmp_path / "blind")
     run_training(get_preset("ci", checkpoint_dir=blind_dir, data_dir=data_dir, text_drop_prob=1.0), silent=True)
@@ -74,6 +96,10 @@ def test_a_model_that_ignores_the_text_scores_chance_and_a_trained_one_more(ci_r
     assert trained["caption_chance"] == blind["caption_chance"] == 1 / 8
     assert abs(blind["caption_accuracy"] - 1 / 8) < 0.1, blind  # 128 images: chance +- about 3 standard errors
     assert trained["caption_accuracy"] > 0.4, trained
+    blind_hard = score(load_pipeline(blind_dir, "cpu"), **hard)
+    assert blind_hard["caption_chance"] == 1 / 8 and abs(blind_hard["caption_accuracy"] - 1 / 8) < 0.1, blind_hard
+    # `ci` reads the colour and not the shape: above chance, below the random rivals' score
+    assert 1 / 8 + 0.1 < score(load_pipeline(ckpt, "cpu"), **hard)["caption_accuracy"] < trained["caption_accuracy"]
 
 
 def test_training_logs_caption_accuracy_and_a_finished_run_trains_on_to_more_steps(ci_run, tmp_path, capsys):
