@@ -72,20 +72,24 @@ def lr_at(step: int, config: TrainingConfig) -> float:
 
 
 def training_step(model, optimizer, x0: torch.Tensor, text_embeddings: torch.Tensor, noise_schedule: Dict,
-                  config: TrainingConfig, shard: Shard = Shard()) -> torch.Tensor:
+                  config: TrainingConfig, shard: Shard = Shard(), draws=None) -> torch.Tensor:
     """One optimisation step. x0: [N x C x H x W] images in [-1, 1]; text_embeddings: [N x D]. Returns the loss.
 
     With k processes, N is this process's share of the global batch: t, eps and the dropout are drawn for
     all k * N rows (the same seed everywhere) and each process keeps its own rows, so the step does not
-    depend on how many processes share it."""
+    depend on how many processes share it. draws: (t [N], eps [N x C x H x W], uncond_mask [N]) to take
+    instead of drawing them (notebook 03 gives a learner's step and this one the same draws)."""
     device = x0.device
-    n, rows = x0.shape[0] * shard.world_size, shard.rows(x0.shape[0])
-    t = draw_timesteps(n, len(noise_schedule["betas"]), config.timestep_sampling, device)[rows]
-    eps = torch.randn((n, *x0.shape[1:]), device=device)[rows]
-    # Classifier-free dropout: each caption becomes the null embedding with probability text_drop_prob (the
-    # lesson's p_uncond), so one network learns eps(x_t, t, caption) and eps(x_t, t, null). The lesson draws
-    # this mask inside forward; drawn here, over the global batch, k processes take the step one would.
-    uncond_mask = (torch.rand(n, device=device) < config.text_drop_prob)[rows]
+    if draws is not None:
+        t, eps, uncond_mask = draws
+    else:
+        n, rows = x0.shape[0] * shard.world_size, shard.rows(x0.shape[0])
+        t = draw_timesteps(n, len(noise_schedule["betas"]), config.timestep_sampling, device)[rows]
+        eps = torch.randn((n, *x0.shape[1:]), device=device)[rows]
+        # Classifier-free dropout: each caption becomes the null embedding with probability text_drop_prob (the
+        # lesson's p_uncond), so one network learns eps(x_t, t, caption) and eps(x_t, t, null). The lesson draws
+        # this mask inside forward; drawn here, over the global batch, k processes take the step one would.
+        uncond_mask = (torch.rand(n, device=device) < config.text_drop_prob)[rows]
     x_t = add_noise(x0, eps, t, noise_schedule)
     with autocast(str(device), config.mixed_precision):
         predicted_noise = model(x_t, t, text_embeddings, uncond_mask=uncond_mask)
