@@ -72,21 +72,24 @@ def guidance_grid_figure(images: torch.Tensor, prompts: List[str], scales: Seque
                              col_labels=[f"s = {s:g}" for s in scales], suptitle=suptitle)
 
 
-def loss_curve_figure(history, smooth: int = 50):
+def loss_curve_figure(history, smooth: int = 50, snr_gamma: float = 0.0):
     """The training history: the loss, and beside it, when the run measured it, the caption accuracy
-    (`lib_cfg.caption_accuracy`) with chance and the level from which the model follows its captions."""
+    (`lib_cfg.caption_accuracy`) with chance and the level from which the model follows its captions.
+    snr_gamma: the run's (config.snr_gamma); when > 0 the training loss is Min-SNR-weighted, validation never
+    is, and the legend says so."""
     captions = bool(history.get("caption_step"))
     fig, axes = plt.subplots(1, 2 if captions else 1, figsize=(11 if captions else 6, 3.2), squeeze=False)
     ax = axes[0, 0]
     loss = torch.tensor(history["loss"])
-    ax.plot(history["step"], loss.numpy(), alpha=0.25, lw=0.8, label="train loss (per step)")
+    train = f"train loss, Min-SNR-{snr_gamma:g} weighted" if snr_gamma else "train loss"
+    ax.plot(history["step"], loss.numpy(), alpha=0.25, lw=0.8, label=f"{train} (per step)")
     if len(loss) >= smooth:
         k = torch.ones(smooth) / smooth
         sm = torch.nn.functional.conv1d(loss[None, None], k[None, None]).flatten()
-        ax.plot(history["step"][smooth - 1:], sm.numpy(), lw=1.5, label=f"train loss ({smooth}-step mean)")
+        ax.plot(history["step"][smooth - 1:], sm.numpy(), lw=1.5, label=f"{train} ({smooth}-step mean)")
     if history.get("val_loss"):
-        ax.plot(history["val_step"], history["val_loss"], "o-", lw=1.5, label="validation loss (EMA weights)")
-    ax.set_xlabel("step"), ax.set_ylabel("MSE on eps"), ax.set_yscale("log")
+        ax.plot(history["val_step"], history["val_loss"], "o-", lw=1.5, label="validation: plain MSE on eps (EMA weights)")
+    ax.set_xlabel("step"), ax.set_ylabel("loss (log scale)"), ax.set_yscale("log")
     ax.legend(fontsize=8), ax.grid(alpha=0.3)
     if captions:
         ax, chance = axes[0, 1], history["caption_chance"][-1]
