@@ -78,6 +78,42 @@ config = setup(PRESET)
 _ = torch.manual_seed(0)
 
 # %% [markdown]
+# ## The data
+#
+# Every image of this course is one shape on a black background: 6 colours (red, yellow, green, cyan, blue,
+# magenta) x 3 shapes (circle, square, triangle), so 18 classes, each drawn at a random position and size. Each
+# image has a caption written in one of 4 wordings ("a red circle on a black background", "a red circle", ...):
+# notebook 02 turns them into vectors. Here we use the labels alone. Twelve training images and their captions:
+
+# %%
+if has_attributes(config):  # the shapes; the lesson's photos have captions and no labels
+    from lib_cfg.data import load_data
+    from lib_cfg.plotting import image_grid_figure
+
+    train_ds, val_ds = load_data(config)
+    first = [train_ds[i] for i in range(12)]
+    image_grid_figure(torch.stack([x for x, _ in first]), ncols=6, titles=[m["text"] for _, m in first], cell=1.8);
+    print("labels of the first three:", [{k: m[k] for k in ("color", "shape")} for _, m in first[:3]])
+
+# %% [markdown]
+# ### The judge
+#
+# To measure whether a sample has what was asked, this course uses a **judge**: a hand-written check, not a
+# learned network, so guidance cannot fool it (`lib_cfg/judge.py`). The object is every pixel brighter than the
+# black background; its colour is the palette colour nearest to their mean; its shape is whichever of circle,
+# square and triangle, drawn into the object's bounding box, covers it best. Before trusting it on samples,
+# check it on held-out real images, where the truth is known:
+
+# %%
+if has_attributes(config):  # the judge reads colour and shape
+    from lib_cfg.evaluation import judge_accuracy
+
+    judged = judge_accuracy(val_ds, n=1000)
+    print(f"the judge on {min(1000, len(val_ds))} validation images: colour {judged['color']:.1%}, "
+          f"shape {judged['shape']:.1%}, both {judged['all']:.1%}")
+    assert judged["color"] > 0.99 and judged["shape"] > 0.97, judged
+
+# %% [markdown]
 # ## The unconditional model
 #
 # We need a model of $p(x)$. The CFG model we train in notebook 03 *is* one: fed the null embedding, it
@@ -105,7 +141,10 @@ image_grid_figure(unconditional, ncols=12, suptitle="unconditional samples: p(x)
 # ## A classifier that reads noisy images
 #
 # The classifier must judge $x_t$ at *every* noise level, not just clean images, because guidance asks it
-# for a gradient at every step. So it takes $t$ too (the same sinusoidal embedding as the UNet) and is
+# for a gradient at every step. So it takes $t$ too, through the same **sinusoidal embedding** as the UNet: the
+# integer $t$ becomes a vector of $\sin(t\,\omega_k)$ and $\cos(t\,\omega_k)$ at frequencies $\omega_k$ spread
+# geometrically from 1 to 1/10000 (the Transformer's position code, Vaswani et al. 2017), so nearby $t$ get
+# nearby vectors and a small network can read both coarse and fine differences. It is
 # trained on `add_noise(x0, eps, t)` with $t$ drawn uniformly. It predicts both attributes of our images,
 # so $\log p(y \mid x_t) = \log p(\text{colour} \mid x_t) + \log p(\text{shape} \mid x_t)$. Its
 # `NoisyClassifier.forward`, built from the UNet's own blocks:
@@ -117,9 +156,6 @@ show(NoisyClassifier.forward)
 
 # %%
 if has_attributes(config):  # the classifier learns colour and shape
-    from lib_cfg.data import load_data
-
-    train_ds, val_ds = load_data(config)
     torch.manual_seed(0)  # the classifier's initial weights: the same whether or not this kernel just trained the UNet
     classifier = NoisyClassifier().to(pipe.device)
     CLASSIFIER_STEPS = 300
@@ -162,18 +198,37 @@ if has_attributes(config):  # the classifier learns colour and shape
 # is the mean of many pixels, which noise averages out, while a shape lives in edges that noise hides.
 # This matters for guidance: at the noisiest steps the classifier has almost nothing to say about shape.
 #
+# Note also how weak this classifier is. Its 300 steps keep the notebook to about a minute, and they leave it
+# **undertrained**: on clean images ($t = 0$) it reads shape right only 66% of the time (the first printed
+# line), where a classifier worth guiding with should read 90% or more. The shape results below rest on that
+# weak classifier, not on a limit of classifier guidance; exercise 2 trains it ten times longer.
+#
 # ## The guided step
 #
 # With guidance scale $s$ the noise prediction becomes
 #
 # $$\hat\epsilon = \epsilon_\theta(x_t, t) - s\,\sqrt{1-\bar\alpha_t}\;\nabla_{x_t} \log p_\phi(y \mid x_t)$$
 #
-# which is the noise prediction of $p(x)\,p_\phi(y \mid x)^s$ ($\phi$: the classifier's own weights). Any sampler (the ancestral DDPM step here; notebook 04 brings in others) then uses $\hat\epsilon$ in
-# place of $\epsilon$. Write it in a cell of your own: the unconditional prediction, the gradient of the
-# classifier's log-probability with respect to the noisy image (autograd does it), and the line above.
-# Edit it and re-run the check below.
+# which is the noise prediction of $p(x)\,p_\phi(y \mid x)^s$ ($\phi$: the classifier's own weights). Any
+# sampler then uses $\hat\epsilon$ in place of $\epsilon$. Here it is the **ancestral DDPM step** (Ho et al.
+# 2020): from $\hat\epsilon$ it computes the mean of $x_{t-1}$ given $x_t$, then adds fresh Gaussian noise of
+# the step's variance, so each step *samples* $x_{t-1}$ from the model's estimate of $p(x_{t-1} \mid x_t)$
+# ("ancestral": each image is drawn from its parent one step noisier); notebook 04 brings in others.
+#
+# **Your turn.** Complete the cell below: the unconditional prediction, the gradient of the classifier's
+# log-probability with respect to the noisy image (autograd does it: `classifier.log_prob(x, t, labels)` gives
+# one log-probability per image), and the line above (`noise_schedule["sqrt_one_minus_alphas_cumprod"][t]` is
+# $\sqrt{1-\bar\alpha_t}$). A worked answer follows in a collapsed cell tagged `solution`: to check your own,
+# run your cell and skip that one (or delete it), then run the check.
 
 # %%
+def my_classifier_guided_eps(model, classifier, x_t, t, labels, s, noise_schedule):
+    """x_t: [N x 3 x H x W], t: [N], labels: {"color": [N], "shape": [N]}. Returns eps-hat [N x 3 x H x W]."""
+    raise NotImplementedError("write the classifier-guided eps here (or run the solution cell below)")
+
+
+# %% jupyter={"source_hidden": true} tags=["solution"]
+# A worked answer. Skip this cell (or delete it) to check your own.
 def my_classifier_guided_eps(model, classifier, x_t, t, labels, s, noise_schedule):
     """x_t: [N x 3 x H x W], t: [N], labels: {"color": [N], "shape": [N]}. Returns eps-hat [N x 3 x H x W]."""
     with torch.no_grad():
@@ -249,7 +304,7 @@ if has_attributes(config):  # the classifier learns colour and shape; the judge 
         ax.plot(SWEEP, [cg[f"{s:g}"][attr] for s in SWEEP], "o-", color=color, label=attr)
     ax.axhline(chance["color"], ls="--", color="C0", lw=1, label="color: chance")
     ax.axhline(chance["shape"], ls="--", color="C1", lw=1, label="shape: chance")
-    ax.set_xscale("symlog", linthresh=1), ax.set_xlim(0, max(SWEEP) * 1.1)  # s >= 0: no empty negative half
+    ax.set_xscale("symlog", linthresh=1), ax.set_xlim(min(SWEEP) * 1.1, max(SWEEP) * 1.1)  # exercise 3 adds s < 0
     ax.set_xlabel("classifier scale s (linear up to 1, logarithmic above)"), ax.set_ylabel("adherence (judge)")
     ax.set_ylim(0, 1.05), ax.legend(fontsize=7, ncol=2), ax.grid(alpha=.3);
 

@@ -63,6 +63,11 @@ print(f"{encoder.model_name}: {encoder.text_embed_dim}-d embeddings")
 
 # %% [markdown]
 # ## From words to tokens
+#
+# A note on the cells marked `# NBVAL_CHECK_OUTPUT` (here and in every notebook): CI runs each notebook under
+# nbval, which re-executes it and, in these cells only, compares the printed output with the stored one, so a
+# printed claim cannot silently change. Cells marked `# NBVAL_IGNORE_OUTPUT` print timings or other
+# things that differ from run to run; all other cells must simply run without an error.
 
 # %%
 caption = "a red circle on a black background"
@@ -169,6 +174,11 @@ train_ds, val_ds = load_data(config)
 captions = all_captions(train_ds)
 print(f"{len(captions)} training captions, {len(set(captions))} distinct")
 
+# %% [markdown]
+# On the shapes the distinct captions are few: 6 colours x 3 shapes x 4 wordings ("a red circle on a black
+# background", "a red circle", "a picture of a red circle", "a small red circle on black") = 72, each repeated
+# across the training images. So the table holds 72 vectors, and the encoder never runs again during training.
+
 # %%
 cache = EmbeddingCache(encoder)           # in memory only, for this demonstration
 batch = captions[:64]
@@ -199,7 +209,8 @@ print(torch.allclose(cache(["a red circle on a black background"]), encoder(["a 
 # 1. **Paraphrases.** Add "a circle, red, on black" and "a crimson circle on a black background" to
 #    `captions` and redraw the heatmap. *Check:* are they closer to "a red circle on a black
 #    background" than "a blue circle on a black background" is?
-# 2. **Token vectors keep the order.** Use `encoder.encode_tokens(swapped, 16)` for
+# 2. **Token vectors keep the order.** Use `encoder.encode_tokens(swapped, max_tokens=16)` (one vector per
+#    token, padded to 16 tokens) for
 #    `swapped = ["a red circle on a blue background", "a blue circle on a red background"]` and compute
 #    the cosine of each aligned token pair (`torch.nn.functional.cosine_similarity(t[0], t[1], dim=-1)`). *Check:* are the colour tokens' cosines lower than
 #    the pooled cosine printed above?

@@ -94,12 +94,18 @@ show(autoguidance)
 # is the same only at `eta = 1`. diffusers builds autoguidance's weak model by skipping layers of the
 # main one; here the weak model is another checkpoint, and only the mix is compared. The mixes are
 # compared on the $\epsilon$ predictions as given; in sampling, `Guidance("apg")` converts to $x_0$ first.
-# CFG-Zero*'s zero-init is not compared: for this $\epsilon$-model we stand in $x_0 = 0$ for the paper's
-# zero velocity, which diffusers' guider does not do.
+# CFG-Zero*'s zero-init is not compared: CFG-Zero* was written for **flow matching** models (Lipman et al.
+# 2023), which learn to predict a **velocity**, the direction $v = \epsilon - x_0$ in which a sample moves from
+# the image towards the noise, instead of the noise $\epsilon$ alone; its zero-init sets the first steps' output
+# to $v = 0$. For this $\epsilon$-model we stand in $x_0 = 0$ for that zero velocity, which diffusers' guider
+# does not do. (diffusers prints a warning that its guiders are experimental; the cell silences it.)
 
 # %%
 # NBVAL_CHECK_OUTPUT
 from diffusers.guiders import AdaptiveProjectedGuidance, AutoGuidance, ClassifierFreeZeroStarGuidance
+from diffusers.utils import logging as diffusers_logging
+
+diffusers_logging.set_verbosity_error()  # "Guiders are currently an experimental feature", once per guider
 
 g = torch.Generator().manual_seed(0)
 x_t, t = torch.randn(4, 3, config.resolution, config.resolution, generator=g), torch.full((4,), 600)
@@ -147,7 +153,10 @@ print(f"the guide: step {load_trainer_state(guide.checkpoint_dir)['step']} of th
 # vary among the samples of one prompt, measured by `layout_variety` and stored as `r[s]["variety"]`, in
 # pixels). Every point uses the same
 # prompts and the same starting noise. APG runs twice: with `eta = 0` alone (the projection), and with
-# the paper's other two parts added, momentum $-0.5$ and a cap of 15 on the update's norm. CFG-Zero*
+# the paper's other two parts added, momentum $-0.5$ and a cap of 15 on the update's norm. The momentum
+# is a running sum over the sampling steps, $\Delta_k \leftarrow \Delta_k + \beta\,\Delta_{k-1}$; with
+# $\beta = -0.5$ (**negative momentum**) each step *subtracts* half of the previous steps' update, so a push
+# that keeps the same direction step after step is damped instead of piling up (Sadat et al. 2024). CFG-Zero*
 # runs without zero-init (exercise 2 measures it).
 
 # %%
@@ -171,11 +180,12 @@ if has_attributes(config):  # the judge checks colour and shape
 
 # %%
 if has_attributes(config):  # the judge checks colour and shape
-    print("method                 |" + "".join(f"    s = {s:<5g}   |" for s in SCALES))
-    print("                       |" + "  all   variety    fid |" * len(SCALES))
+    cell = lambda r, s: f" {r[f'{s:g}']['all']:6.1%} {r[f'{s:g}']['variety']:5.2f}px {r[f'{s:g}']['fid']:6.2f} |"
+    w = len(cell(results["cfg"], SCALES[0])) - 3  # a column's text, between " " and " |"
+    print(f"{'method':22s} |" + "".join(f" {f's = {s:g}':^{w}} |" for s in SCALES))
+    print(f"{'':22s} |" + f" {'all':>6} {'variety':>7} {'fid':>6} |" * len(SCALES))
     for name, r in results.items():
-        print(f"{name:22s} |" + "".join(f" {r[f'{s:g}']['all']:6.1%} {r[f'{s:g}']['variety']:5.2f}px {r[f'{s:g}']['fid']:6.2f} |"
-                                        for s in SCALES))
+        print(f"{name:22s} |" + "".join(cell(r, s) for s in SCALES))
     _, targets = evaluation_prompts(N_PER_PROMPT)
     print(f"real images, as many: fid {fidelity.floor(targets):.2f} (the floor)")
 
@@ -192,6 +202,11 @@ if has_attributes(config):  # the judge checks colour and shape
                     ax.annotate(f"s={s:g}", (x, y), fontsize=7, xytext=(4, -10), textcoords="offset points")
     axes[0].set_xlabel("variety within a prompt (px; more is better)"), axes[0].set_ylabel("adherence: colour and shape right")
     axes[1].set_xlabel("Fréchet distance to real images (log; less is better)"), axes[1].set_xscale("log")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    lo, hi = axes[1].get_xlim()  # plain numbers at a few round values, not overlapping powers of ten
+    axes[1].set_xticks([v for v in (2, 5, 10, 20, 50, 100, 200) if lo <= v <= hi]), axes[1].set_xlim(lo, hi)
+    axes[1].xaxis.set_major_formatter(ScalarFormatter()), axes[1].xaxis.set_minor_formatter(NullFormatter())
     for ax in axes:
         ax.grid(alpha=.3)
     axes[0].set_title("each method over its scale (labelled: CFG's s = 1, 3, 7.5)", fontsize=9), axes[1].legend(fontsize=7);
@@ -302,6 +317,31 @@ image_grid_figure(torch.cat(rows), ncols=len(prompts), row_labels=list(METHODS),
                   col_labels=[p.replace(" on a black background", "") for p in prompts], suptitle="s = 7.5, same noise");
 
 # %% [markdown]
+# What the judge and `speckle` read in each row (speckled: an image's speckle above 0.03, where it looks like
+# pixel noise):
+
+# %%
+if has_attributes(config):  # the judge checks colour and shape
+    from lib_cfg.evaluation import judge
+    from lib_cfg.fidelity import speckle_stats
+
+    for name, images in zip(METHODS, rows):
+        verdicts = judge(images)
+        print(f"{name:22s} speckled {speckle_stats(images)['speckled']:4.0%} | judged: "
+              + ", ".join(f"{v['color'] or '-'} {v['shape'] or '-'}" for v in verdicts))
+
+# %% [markdown]
+# In the first four rows the judge reads every image as asked, red circles and blue triangles, though APG's
+# projection alone leaves half of them faintly speckled (50%; CFG and APG with momentum 12%, CFG-Zero* none).
+# Autoguidance's row is another matter: all 8 of its images are
+# speckled (the printed line), three of the four red circles come out as red squares and one as a magenta
+# square, and one triangle turns magenta. It is the frontier's story in pictures: its adherence falls as $s$
+# grows (90.7% at $s = 2$, 57.4% at $s = 7.5$). Its guide is this model stopped at step 100 of 400, and the
+# guided prediction is the main model's plus $s - 1$ times its difference from that guide: a difference that
+# holds all 300 steps of learning, not only what the prompt asks, and at $s = 7.5$ it is multiplied by 6.5.
+# Autoguidance needs a small $s$ here (exercise 3 tries a guide closer to the main model).
+
+# %% [markdown]
 # ## Binding on coloured backgrounds
 #
 # Notebook 05's hardest task: "a red circle on a blue background" must not come out blue on red. Only
@@ -328,10 +368,12 @@ bg = {name: tradeoff(bg_pipe, BG_SCALES, 2, STEPS, backgrounds=True, every=3, gu
       for name, guidance in BG_METHODS.items()}
 
 # %%
-print("method                 |" + "".join(f"    s = {s:<5g}   |" for s in BG_SCALES))
-print("                       |" + " binding variety |" * len(BG_SCALES))
+bg_cell = lambda r, s: f" {r[f'{s:g}']['binding']:7.1%} {r[f'{s:g}']['variety']:5.2f}px |"
+w = len(bg_cell(bg["cfg"], BG_SCALES[0])) - 3
+print(f"{'method':22s} |" + "".join(f" {f's = {s:g}':^{w}} |" for s in BG_SCALES))
+print(f"{'':22s} |" + f" {'binding':>7} {'variety':>7} |" * len(BG_SCALES))
 for name, r in bg.items():
-    print(f"{name:22s} |" + "".join(f" {r[f'{s:g}']['binding']:6.1%} {r[f'{s:g}']['variety']:5.2f}px |" for s in BG_SCALES))
+    print(f"{name:22s} |" + "".join(bg_cell(r, s) for s in BG_SCALES))
 assert all(r["1"] == bg["cfg"]["1"] for r in bg.values())  # s = 1: the same images for every method
 
 # %% [markdown]

@@ -144,3 +144,53 @@ def test_cells_that_judge_say_so_in_python(path):
             assert "if has_attributes(config)" in code, f"code cell {i} needs the labels but does not check for them"
     setup_cell = next("".join(c["source"]) for c in cells if re.search(r"\bsetup\(.*PRESET", "".join(c["source"])))
     assert "os.chdir(ROOT)" in setup_cell
+
+
+def misaligned_tables(nb) -> list:
+    """Printed tables whose rows put a column bar '|' where the header has none: (cell index, header, row).
+    A table is two or more consecutive printed lines that contain '|'."""
+    problems = []
+    for i, cell in enumerate(nb["cells"]):
+        group = []
+        for line in _stdout(cell).split("\n") + [""]:
+            if "|" in line:
+                group.append(line)
+                continue
+            if len(group) >= 2:
+                header = {k for k, ch in enumerate(group[0]) if ch == "|"}
+                problems += [(i, group[0], row) for row in group[1:]
+                             if not {k for k, ch in enumerate(row) if ch == "|"} <= header]
+            group = []
+    return problems
+
+
+@pytest.mark.parametrize("path", IPYNBS, ids=lambda p: p.stem)
+def test_stored_tables_put_each_column_under_its_header(path):
+    problems = misaligned_tables(json.load(open(path)))
+    assert not problems, "\n".join(f"cell {i}:\n  {h}\n  {r}" for i, h, r in problems[:3])
+
+
+def test_the_table_check_catches_a_header_narrower_than_its_data():
+    cell = {"outputs": [{"output_type": "stream", "name": "stdout",
+                         "text": ["method |  s = 1  |\n", "cfg    |  77.8%  1.11px |\n"]}]}
+    assert len(misaligned_tables({"cells": [cell]})) == 1
+
+
+# The cells a learner writes: each defines its function or class with a stub that raises NotImplementedError,
+# and the next cell, collapsed and tagged `solution`, holds the worked answer.
+WRITE_IT = {"01_classifier_guidance": ["my_classifier_guided_eps"], "03_cfg_training": ["TextConditioning",
+            "lesson_training_step"], "04_guidance_sampling": ["my_cfg_eps"]}
+
+
+@pytest.mark.parametrize("stem, names", WRITE_IT.items())
+def test_write_it_cells_are_empty_with_the_answer_collapsed_after_them(stem, names):
+    cells = json.load(open(NOTEBOOKS / f"{stem}.ipynb"))["cells"]
+    for name in names:
+        defining = [i for i, c in enumerate(cells) if c["cell_type"] == "code"
+                    and re.search(rf"^(def|class) {name}\b", "".join(c["source"]), re.M)]
+        stub, answer = defining[0], defining[1]
+        assert "NotImplementedError" in "".join(cells[stub]["source"]), (stem, name)
+        assert "solution" not in cells[stub]["metadata"].get("tags", [])
+        assert answer == stub + 1 and "solution" in cells[answer]["metadata"].get("tags", []), (stem, name)
+        assert cells[answer]["metadata"].get("jupyter", {}).get("source_hidden"), (stem, name)
+        assert "NotImplementedError" not in "".join(cells[answer]["source"])
