@@ -53,9 +53,11 @@ def check_training_step(step: Callable, model: torch.nn.Module, x0: torch.Tensor
     loss_library = training_step(library, torch.optim.SGD(library.parameters(), lr=0.1), x0, text_embeddings,
                                  noise_schedule, config, draws=draws)
     # the steps taken, compared against the size of the library's: tight enough to see a missing clip
-    step_yours = torch.cat([(a - b).flatten() for a, b in zip(yours.parameters(), base.parameters())])
-    step_library = torch.cat([(a - b).flatten() for a, b in zip(library.parameters(), base.parameters())])
-    return {"loss": bool(torch.allclose(torch.as_tensor(loss_yours).float(), loss_library.float(), atol=atol)),
+    with torch.no_grad():
+        step_yours = torch.cat([(a - b).flatten() for a, b in zip(yours.parameters(), base.parameters())])
+        step_library = torch.cat([(a - b).flatten() for a, b in zip(library.parameters(), base.parameters())])
+    return {"loss": bool(torch.allclose(torch.as_tensor(loss_yours).detach().float(), loss_library.detach().float(),
+                                        atol=atol)),
             "weights": bool(torch.allclose(step_yours, step_library, rtol=0, atol=rtol * float(step_library.abs().max()))),
             "moved": bool(step_yours.abs().max() > 0)}
 

@@ -99,7 +99,8 @@ if has_attributes(config):  # the shapes; the lesson's photos have captions and 
 # ### The judge
 #
 # To measure whether a sample has what was asked, this course uses a **judge**: a hand-written check, not a
-# learned network, so guidance cannot fool it (`lib_cfg/judge.py`). The object is every pixel brighter than the
+# learned network, so guidance cannot optimise against it (`lib_cfg/judge.py`); it has blind spots of its own,
+# which notebooks 04 and 05 meet. The object is every pixel brighter than the
 # black background; its colour is the palette colour nearest to their mean; its shape is whichever of circle,
 # square and triangle, drawn into the object's bounding box, covers it best. Before trusting it on samples,
 # check it on held-out real images, where the truth is known:
@@ -199,8 +200,8 @@ if has_attributes(config):  # the classifier learns colour and shape
 # This matters for guidance: at the noisiest steps the classifier has almost nothing to say about shape.
 #
 # Note also how weak this classifier is. Its 300 steps keep the notebook to about a minute, and they leave it
-# **undertrained**: on clean images ($t = 0$) it reads shape right only 66% of the time (the first printed
-# line), where a classifier worth guiding with should read 90% or more. The shape results below rest on that
+# **undertrained**: on clean images ($t = 0$) it reads shape right only 66% of the time (the `shape:` line
+# above), where a classifier worth guiding with should read 90% or more. The shape results below rest on that
 # weak classifier, not on a limit of classifier guidance; exercise 2 trains it ten times longer.
 #
 # ## The guided step
@@ -217,8 +218,10 @@ if has_attributes(config):  # the classifier learns colour and shape
 #
 # **Your turn.** Complete the cell below: the unconditional prediction, the gradient of the classifier's
 # log-probability with respect to the noisy image (autograd does it: `classifier.log_prob(x, t, labels)` gives
-# one log-probability per image), and the line above (`noise_schedule["sqrt_one_minus_alphas_cumprod"][t]` is
-# $\sqrt{1-\bar\alpha_t}$). A worked answer follows in a collapsed cell tagged `solution`: to check your own,
+# one log-probability per image; take the gradient with respect to `x = x_t.detach().requires_grad_(True)`,
+# since the check's `x_t` does not track gradients), and the line above
+# (`noise_schedule["sqrt_one_minus_alphas_cumprod"][t]` is $\sqrt{1-\bar\alpha_t}$ per image, [N]: reshape it
+# with `.view(-1, 1, 1, 1)` to scale [N x 3 x H x W]). A worked answer follows in a collapsed cell tagged `solution`: to check your own,
 # run your cell and skip that one (or delete it), then run the check.
 
 # %%

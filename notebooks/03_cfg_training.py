@@ -83,7 +83,7 @@ config = setup(PRESET)
 # (no warm-up, no EMA). Its notebook sets the dataset, batch 16 and resolution 32, draws p_uncond 0.2 and t over
 # 1000 steps in its loop, builds AdamW(lr=config.learning_rate, weight_decay=config.weight_decay) and prints
 # 14.68 M parameters; the values of those two fields and the validation share live in its lib_4_1.config, which
-# the lesson's text does not show (5e-4, 1e-6 and 0.1 are the values that came with the lesson, not read in it).
+# the lesson's text does not show (5e-4, 1e-6 and 0.1 are from its lib_4_1.config as shipped with the lesson).
 from lib_cfg.model import count_parameters, create_unet_model
 from lib_cfg.text_encoder import EmbeddingCache
 
@@ -206,8 +206,8 @@ show(UNetModel.forward)
 # %% [markdown]
 # A check on a fresh, untrained model (its output layers start at zero, so we look at what the text
 # does before them): a row marked in `uncond_mask` becomes the null embedding, the other keeps its
-# caption, the caption changes `emb`, and your `TextConditioning`, given the library's weights, computes
-# exactly the library's `emb`.
+# caption, the caption changes `emb`, and your `TextConditioning`, given the library's weights, agrees with
+# the library's `emb` (to 1e-6).
 
 # %%
 # NBVAL_CHECK_OUTPUT

@@ -201,7 +201,7 @@ print(f"validation losses within {max(losses) / min(losses) - 1:.0%} of each oth
 #
 # Read the pooled rows whole, though: at this budget they fail more than binding. They get the object's colour
 # right 38% and 39% of the time and the shape 40% and 36% (chance: 17% and 33%), where cross-attention gets
-# the colour right 99% of the time (the printed lines). So the table shows that cross-attention learned this task far faster; it does not by itself
+# the colour right 99% of the time (its shape, 53%, lags too; the printed lines). So the table shows that cross-attention learned this task far faster; it does not by itself
 # isolate binding as the pooled models' only failure. What does point at binding is notebook 02's measurement
 # (the swapped twins' pooled embeddings are nearly the same vector, so no pooled model can tell them apart
 # however long it trains) and the twins below. Exercise 1 trains longer, to see how far the pooled modes get.
@@ -321,10 +321,10 @@ if has_attributes(config):  # the judge checks colour and shape
 #   black, with paler objects; speckle 0.0410 and `fid` 72.41 are the table's worst (plain $s = 10$: 0.0276
 #   and 35.99).
 #
-# Look at the circles too: from $s = 10$ on, in every row, the red and the cyan circles come out as
+# Look at the circles too: in each row from $s = 10$ down, the red and the cyan circles come out as
 # diamonds with corners, and the judge still calls them circles (shape 1.000 at $s = 10$, with rescale and
 # with the interval; the shape misses of dynamic thresholding are elsewhere): its template match
-# cannot tell a 16-pixel diamond from a circle, and neither `speckle` nor the saturation sees it. Large
+# cannot tell a diamond in a 16x16 image from a circle, and neither `speckle` nor the saturation sees it. Large
 # guidance changes shapes the judge forgives; the grid is the check here.
 #
 # Each fix has a knob ($\phi$, the interval, the percentile) to explore (exercise 3).

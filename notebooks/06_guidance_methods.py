@@ -332,7 +332,8 @@ if has_attributes(config):  # the judge checks colour and shape
 
 # %% [markdown]
 # In the first four rows the judge reads every image as asked, red circles and blue triangles, though APG's
-# projection alone leaves half of them faintly speckled (50%; CFG and APG with momentum 12%, CFG-Zero* none).
+# projection alone leaves half of them faintly speckled (4 of 8; CFG and APG with momentum 1 of 8, CFG-Zero*
+# none).
 # Autoguidance's row is another matter: all 8 of its images are
 # speckled (the printed line), three of the four red circles come out as red squares and one as a magenta
 # square, and one triangle turns magenta. It is the frontier's story in pictures: its adherence falls as $s$

@@ -194,3 +194,12 @@ def test_write_it_cells_are_empty_with_the_answer_collapsed_after_them(stem, nam
         assert answer == stub + 1 and "solution" in cells[answer]["metadata"].get("tags", []), (stem, name)
         assert cells[answer]["metadata"].get("jupyter", {}).get("source_hidden"), (stem, name)
         assert "NotImplementedError" not in "".join(cells[answer]["source"])
+
+
+@pytest.mark.parametrize("path", IPYNBS, ids=lambda p: p.stem)
+def test_checked_cells_store_no_warnings(path):
+    """nbval compares a checked cell's stderr too, and a warning there names this machine's path: CI fails."""
+    cells = json.load(open(path))["cells"]
+    noisy = [i for i, c in enumerate(cells) if c["cell_type"] == "code" and "NBVAL_CHECK_OUTPUT" in "".join(c["source"])
+             and any(o.get("name") == "stderr" for o in c.get("outputs", []))]
+    assert not noisy, f"{path.name}: checked cells {noisy} store stderr output"
