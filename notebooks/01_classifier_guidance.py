@@ -375,8 +375,14 @@ if has_attributes(config):  # the classifier learns colour and shape; the judge 
 #    each image whose own `t <= t_max` and leaves the others unconditional (`torch.where` on a per-image
 #    mask). *Check:* the cell after it asserts both halves on a batch with mixed `t`.
 
+# %%
+def low_noise_eps(x_t, t, classifier, labels, s, t_max):
+    """Guided eps for the rows with t <= t_max, unconditional eps for the others: [N x 3 x H x W]."""
+    raise NotImplementedError("exercise 5: write low_noise_eps here (or run the solution cell below)")
+
+
 # %% jupyter={"source_hidden": true} tags=["solution"]
-# Exercise 5: a worked answer. Replace it with your own, then run the check below.
+# Exercise 5: a worked answer. Skip this cell (or delete it) to check your own.
 def low_noise_eps(x_t, t, classifier, labels, s, t_max):
     guided = my_classifier_guided_eps(model, classifier, x_t, t, labels, s, pipe.noise_schedule)
     with torch.no_grad():

@@ -222,8 +222,14 @@ print(torch.allclose(cache(["a red circle on a black background"]), encoder(["a 
 #    `normalize` or `cosine_similarity`. *Check:* the cell after it compares yours with the heatmap's value
 #    for the swapped pair.
 
+# %%
+def cosine(a, b):
+    """Row-wise cosine of two batches of embeddings [N x D] -> [N]."""
+    raise NotImplementedError("exercise 4: write cosine here (or run the solution cell below)")
+
+
 # %% jupyter={"source_hidden": true} tags=["solution"]
-# Exercise 4: a worked answer. Replace it with your own, then run the check below.
+# Exercise 4: a worked answer. Skip this cell (or delete it) to check your own.
 def cosine(a, b):
     return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
 

@@ -578,10 +578,16 @@ assert is_finished(config)
 #    steps, which are easy, count less. Write `min_snr_training_step`, your step with that loss (the same
 #    arguments as `lesson_training_step`). *Check:* the cell after it runs your step and the library's
 #    `training_step` on the same draws (`check_training_step`) and asserts the same loss and weights. The
-#    collapsed cell holds a worked answer: write yours in a new cell and skip that one.
+#    cell below it is yours to complete; the collapsed cell after that holds a worked answer: skip it to check yours.
+
+# %%
+def min_snr_training_step(model, optimizer, x0, text_embeddings, t, eps, uncond_mask, noise_schedule, config):
+    """lesson_training_step with each image's MSE weighted by min(SNR_t, snr_gamma) / SNR_t. Returns the loss."""
+    raise NotImplementedError("exercise 5: write min_snr_training_step here (or run the solution cell below)")
+
 
 # %% jupyter={"source_hidden": true} tags=["solution"]
-# Exercise 5: a worked answer. Replace it with your own, then run the check below.
+# Exercise 5: a worked answer. Skip this cell (or delete it) to check your own.
 from lib_cfg.diffusion import snr
 
 

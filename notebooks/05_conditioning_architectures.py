@@ -408,8 +408,13 @@ if has_attributes(config):  # the judge checks colour and shape
 #    then mix with the unrescaled `eps` by `phi`. *Check:* the cell after it compares yours with the
 #    library's `rescale_guidance` at `phi` 0, 0.7 and 1.
 
+# %%
+def my_rescale(eps, eps_cond, phi):
+    raise NotImplementedError("exercise 5: write my_rescale here (or run the solution cell below)")
+
+
 # %% jupyter={"source_hidden": true} tags=["solution"]
-# Exercise 5: a worked answer. Replace it with your own, then run the check below.
+# Exercise 5: a worked answer. Skip this cell (or delete it) to check your own.
 def my_rescale(eps, eps_cond, phi):
     std_cond = eps_cond.std(dim=(1, 2, 3), keepdim=True)
     std_eps = eps.std(dim=(1, 2, 3), keepdim=True)

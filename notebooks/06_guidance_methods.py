@@ -432,8 +432,13 @@ assert all(r["1"] == bg["cfg"]["1"] for r in bg.values())  # s = 1: the same ima
 #    $\epsilon_{bad} + s_a(\epsilon_c - \epsilon_{bad}) + (s_c - 1)(\epsilon_c - \epsilon_u)$. *Check:* the cell after it asserts that $s_a = 1$ is CFG at
 #    $s_c$ and that $s_c = 1$ is the library's `autoguidance` at $s_a$.
 
+# %%
+def auto_plus_cfg(eps_c, eps_u, eps_bad, s_a, s_c):
+    raise NotImplementedError("exercise 6: write auto_plus_cfg here (or run the solution cell below)")
+
+
 # %% jupyter={"source_hidden": true} tags=["solution"]
-# Exercise 6: a worked answer. Replace it with your own, then run the check below.
+# Exercise 6: a worked answer. Skip this cell (or delete it) to check your own.
 def auto_plus_cfg(eps_c, eps_u, eps_bad, s_a, s_c):
     return eps_bad + s_a * (eps_c - eps_bad) + (s_c - 1) * (eps_c - eps_u)
 

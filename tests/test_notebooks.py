@@ -176,10 +176,13 @@ def test_the_table_check_catches_a_header_narrower_than_its_data():
     assert len(misaligned_tables({"cells": [cell]})) == 1
 
 
-# The cells a learner writes: each defines its function or class with a stub that raises NotImplementedError,
-# and the next cell, collapsed and tagged `solution`, holds the worked answer.
-WRITE_IT = {"01_classifier_guidance": ["my_classifier_guided_eps"], "03_cfg_training": ["TextConditioning",
-            "lesson_training_step"], "04_guidance_sampling": ["my_cfg_eps"]}
+# The cells a learner writes, the lesson's pieces and the exercises to complete: each defines its function or class
+# with a stub that raises NotImplementedError, and the next cell, collapsed and tagged `solution`, holds the worked
+# answer. (04's and 07's exercises compute values, not functions: their stubs set them to None.)
+WRITE_IT = {"01_classifier_guidance": ["my_classifier_guided_eps", "low_noise_eps"], "02_text_encoder": ["cosine"],
+            "03_cfg_training": ["TextConditioning", "lesson_training_step", "min_snr_training_step"],
+            "04_guidance_sampling": ["my_cfg_eps"], "05_conditioning_architectures": ["my_rescale"],
+            "06_guidance_methods": ["auto_plus_cfg"]}
 
 
 @pytest.mark.parametrize("stem, names", WRITE_IT.items())
